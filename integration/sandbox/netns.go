@@ -1,0 +1,162 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+
+	"github.com/jsimonetti/rtnetlink/v2"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// NetNS is a named network namespace bind-mounted under /run/netns, like one made by
+// `ip netns add`. Its File stays open until Delete.
+type NetNS struct {
+	Name string
+	Path string
+	File *os.File
+}
+
+// Fd returns the namespace's file descriptor, for netlink handles bound to it.
+func (n *NetNS) Fd() int { return int(n.File.Fd()) }
+
+// NewNetNS creates the named network namespace with lo up. The calling goroutine's
+// thread is switched for the shortest span and always switched back.
+func NewNetNS(name string) (*NetNS, error) {
+	path := filepath.Join(NetNSDir, name)
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", name, err)
+	}
+	f.Close()
+	if err := bindNewNetNS(path); err != nil {
+		os.Remove(path)
+		return nil, fmt.Errorf("netns %s: %w", name, err)
+	}
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", name, err)
+	}
+	ns := &NetNS{Name: name, Path: path, File: file}
+	if err := SetLinkUp(ns.Fd(), "lo"); err != nil {
+		ns.Delete()
+		return nil, fmt.Errorf("netns %s: %w", name, err)
+	}
+	return ns, nil
+}
+
+// bindNewNetNS unshares a new network namespace on a locked thread, bind-mounts it on
+// path, then returns the thread to its original namespace.
+func bindNewNetNS(path string) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is never unlocked: if anything below fails half-way it dies
+		// with the goroutine instead of serving others in the wrong namespace.
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		mountErr := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, "")
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns back: %w", err)
+			return
+		}
+		if mountErr != nil {
+			errc <- fmt.Errorf("bind mount: %w", mountErr)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- nil
+	}()
+	return <-errc
+}
+
+// Delete unmounts and removes the namespace. Processes still inside keep it alive.
+func (n *NetNS) Delete() error {
+	n.File.Close()
+	if err := unix.Unmount(n.Path, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("netns %s: unmount: %w", n.Name, err)
+	}
+	return os.Remove(n.Path)
+}
+
+// Do runs fn on a thread switched into the namespace, for sockets that must be
+// created there (a socket stays in the namespace it was created in).
+func (n *NetNS) Do(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(n.Fd(), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns %s: %w", n.Name, err)
+			return
+		}
+		fnErr := fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("setns back: %w", err) // thread stays locked and dies
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- fnErr
+	}()
+	return <-errc
+}
+
+// Start starts cmd as a process inside the namespace.
+func (n *NetNS) Start(cmd *exec.Cmd) error {
+	return n.Do(cmd.Start)
+}
+
+// Dial opens an rtnetlink connection bound to the namespace.
+func (n *NetNS) Dial() (*rtnetlink.Conn, error) {
+	return rtnetlink.Dial(&netlink.Config{NetNS: n.Fd()})
+}
+
+// SetLinkUp sets the named link up in the namespace fd (fd < 0: this process's own).
+func SetLinkUp(fd int, name string) error {
+	cfg := &netlink.Config{}
+	if fd >= 0 {
+		cfg.NetNS = fd
+	}
+	c, err := rtnetlink.Dial(cfg)
+	if err != nil {
+		return fmt.Errorf("rtnetlink: %w", err)
+	}
+	defer c.Close()
+	ifi, err := linkByName(c, name)
+	if err != nil {
+		return err
+	}
+	return c.Link.Set(&rtnetlink.LinkMessage{
+		Family: unix.AF_UNSPEC, Type: ifi.Type, Index: ifi.Index,
+		Flags: unix.IFF_UP, Change: unix.IFF_UP,
+	})
+}
+
+func linkByName(c *rtnetlink.Conn, name string) (rtnetlink.LinkMessage, error) {
+	links, err := c.Link.List()
+	if err != nil {
+		return rtnetlink.LinkMessage{}, fmt.Errorf("list links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attributes != nil && l.Attributes.Name == name {
+			return l, nil
+		}
+	}
+	return rtnetlink.LinkMessage{}, fmt.Errorf("link %q not found", name)
+}
