@@ -1,0 +1,119 @@
+package routing
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+)
+
+// Fake is an in-memory Interface for unit tests. It keeps the bridge, podnet's
+// routes and the pod attachments; tests may edit Routes to simulate drift.
+type Fake struct {
+	mu     sync.Mutex
+	Bridge *Bridge
+	Routes map[netip.Prefix]netip.Addr
+	Pods   map[string]Pod // by host veth name
+	// FailAddPod, when set, is returned by AddPod (to test rollback).
+	FailAddPod error
+	Syncs      int
+}
+
+var _ Interface = (*Fake)(nil)
+
+// NewFake returns an empty Fake.
+func NewFake() *Fake {
+	return &Fake{Routes: map[netip.Prefix]netip.Addr{}, Pods: map[string]Pod{}}
+}
+
+// EnsureBridge records b.
+func (f *Fake) EnsureBridge(b Bridge) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Bridge = &b
+	return nil
+}
+
+// SyncRoutes makes Routes equal desired and reports the changes.
+func (f *Fake) SyncRoutes(desired []Route) (RouteChanges, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Syncs++
+	var ch RouteChanges
+	want := map[netip.Prefix]bool{}
+	for _, r := range desired {
+		want[r.Dst] = true
+		via, ok := f.Routes[r.Dst]
+		switch {
+		case !ok:
+			ch.Added = append(ch.Added, r)
+		case via != r.Via:
+			ch.Replaced = append(ch.Replaced, r)
+		default:
+			continue
+		}
+		f.Routes[r.Dst] = r.Via
+	}
+	for _, dst := range slices.Collect(maps.Keys(f.Routes)) {
+		if !want[dst] {
+			ch.Removed = append(ch.Removed, Route{Dst: dst, Via: f.Routes[dst]})
+			delete(f.Routes, dst)
+		}
+	}
+	return ch, nil
+}
+
+// ListRoutes returns Routes.
+func (f *Fake) ListRoutes() ([]Route, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Route
+	for dst, via := range f.Routes {
+		out = append(out, Route{Dst: dst, Via: via})
+	}
+	return out, nil
+}
+
+// AddPod records p, failing like the kernel when the host veth exists.
+func (f *Fake) AddPod(p Pod) (PodLinks, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.FailAddPod != nil {
+		return PodLinks{}, f.FailAddPod
+	}
+	if old, ok := f.Pods[p.HostVeth]; ok && old.ContainerID == p.ContainerID && old.IfName == p.IfName {
+		return PodLinks{}, fmt.Errorf("%w: %s", ErrLinkExists, p.IfName)
+	}
+	f.Pods[p.HostVeth] = p
+	return PodLinks{HostVeth: p.HostVeth, HostMAC: "02:00:00:00:00:01", PodMAC: "02:00:00:00:00:02", PodIfName: p.IfName}, nil
+}
+
+// CheckPod succeeds when p was added.
+func (f *Fake) CheckPod(p Pod) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.Pods[p.HostVeth]; !ok {
+		return fmt.Errorf("host veth %s not found", p.HostVeth)
+	}
+	return nil
+}
+
+// DelPod forgets p; it is not an error if p is unknown.
+func (f *Fake) DelPod(p Pod) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Pods, p.HostVeth)
+	return nil
+}
+
+// ListHostLinks lists the recorded pods.
+func (f *Fake) ListHostLinks() ([]HostLink, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []HostLink
+	for name, p := range f.Pods {
+		out = append(out, HostLink{Name: name, ContainerID: p.ContainerID, IfName: p.IfName})
+	}
+	return out, nil
+}
