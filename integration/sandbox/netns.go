@@ -2,12 +2,15 @@ package sandbox
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 
 	"github.com/jsimonetti/rtnetlink/v2"
+	"github.com/jsimonetti/rtnetlink/v2/driver"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -159,4 +162,65 @@ func linkByName(c *rtnetlink.Conn, name string) (rtnetlink.LinkMessage, error) {
 		}
 	}
 	return rtnetlink.LinkMessage{}, fmt.Errorf("link %q not found", name)
+}
+
+// Uplink connects ns to a bridge in the sandbox's own namespace: a veth whose
+// host end hostName joins bridge and whose other end is eth0 in ns with addr.
+func Uplink(ns *NetNS, hostName, bridge string, addr netip.Prefix) error {
+	c, err := rtnetlink.Dial(nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	err = c.Link.New(&rtnetlink.LinkMessage{Family: unix.AF_UNSPEC, Attributes: &rtnetlink.LinkAttributes{
+		Name: hostName, Info: &rtnetlink.LinkInfo{Kind: "veth", Data: &driver.Veth{
+			PeerInfo: &rtnetlink.LinkMessage{Family: unix.AF_UNSPEC, Attributes: &rtnetlink.LinkAttributes{
+				Name: "eth0", NetNS: rtnetlink.NetNSForFD(uint32(ns.Fd())),
+			}},
+		}},
+	}})
+	if err != nil {
+		return fmt.Errorf("veth %s: %w", hostName, err)
+	}
+	host, err := linkByName(c, hostName)
+	if err != nil {
+		return err
+	}
+	br, err := linkByName(c, bridge)
+	if err != nil {
+		return err
+	}
+	if err := c.Link.SetMaster(host.Index, br.Index, nil); err != nil {
+		return fmt.Errorf("attach %s to %s: %w", hostName, bridge, err)
+	}
+	if err := SetLinkUp(-1, hostName); err != nil {
+		return err
+	}
+	return AddAddr(ns, "eth0", addr)
+}
+
+// AddAddr adds addr to the named link in ns and sets the link up.
+func AddAddr(ns *NetNS, link string, addr netip.Prefix) error {
+	c, err := ns.Dial()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	l, err := linkByName(c, link)
+	if err != nil {
+		return err
+	}
+	fam := uint8(unix.AF_INET)
+	if addr.Addr().Is6() {
+		fam = unix.AF_INET6
+	}
+	ip := net.IP(addr.Addr().AsSlice())
+	err = c.Address.New(&rtnetlink.AddressMessage{
+		Family: fam, PrefixLength: uint8(addr.Bits()), Index: l.Index,
+		Attributes: &rtnetlink.AddressAttributes{Address: ip, Local: ip, Flags: unix.IFA_F_NODAD},
+	})
+	if err != nil {
+		return fmt.Errorf("add %s to %s: %w", addr, link, err)
+	}
+	return SetLinkUp(ns.Fd(), link)
 }

@@ -1,0 +1,62 @@
+// Command podnetd is podnet's node daemon. It only parses flags, builds the
+// configuration, wires the daemon and runs it until SIGINT or SIGTERM.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/podnet/podnet/daemon"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "podnetd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	cfg := daemon.Default()
+	fs := flag.NewFlagSet("podnetd", flag.ContinueOnError)
+	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name in the cluster state")
+	fs.StringVar(&cfg.ClusterFile, "cluster-file", cfg.ClusterFile, "standalone mode: YAML file listing nodes and services, re-read on change")
+	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "unix socket for the CNI plugin and podnetctl")
+	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "persistent state (IPAM)")
+	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where the CNI conflist is written")
+	fs.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "where CNI plugin binaries live")
+	fs.StringVar(&cfg.CNIVersion, "cni-version", cfg.CNIVersion, "cniVersion of the conflist (1.0.0 for containerd 1.6/1.7)")
+	fs.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "node bridge name")
+	fs.IntVar(&cfg.MTU, "mtu", cfg.MTU, "pod MTU; 0 = MTU of the interface holding the node address")
+	fs.DurationVar(&cfg.ResyncInterval, "resync-interval", cfg.ResyncInterval, "full kernel re-check interval")
+	fs.DurationVar(&cfg.PollInterval, "poll-interval", cfg.PollInterval, "cluster file change check interval")
+	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "console or json")
+	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *version {
+		fmt.Println(daemon.Version)
+		return nil
+	}
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log, err := daemon.NewLogger(cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	d, err := daemon.New(cfg, log, daemon.Deps{})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return d.Run(ctx)
+}

@@ -1,0 +1,98 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+)
+
+// ErrUnreachable wraps every failure to reach the daemon at all (no socket,
+// connection refused, timeout), as opposed to an error the daemon returned.
+var ErrUnreachable = errors.New("podnetd unreachable")
+
+// Client talks to podnetd over its unix socket. Every call is bounded by Timeout.
+type Client struct {
+	Socket  string
+	Timeout time.Duration
+	http    *http.Client
+}
+
+// NewClient returns a client for the socket with the given total timeout per call.
+func NewClient(socket string, timeout time.Duration) *Client {
+	c := &Client{Socket: socket, Timeout: timeout}
+	c.http = &http.Client{
+		Timeout: timeout,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				d := net.Dialer{Timeout: 2 * time.Second}
+				return d.DialContext(ctx, "unix", socket)
+			},
+			DisableKeepAlives: true,
+		},
+	}
+	return c
+}
+
+// CNI sends one CNI call. A CNI error from the daemon comes back as *Error; a
+// failure to reach it wraps ErrUnreachable.
+func (c *Client) CNI(ctx context.Context, req CNIRequest) (*CNIResponse, error) {
+	var resp CNIResponse
+	if err := c.do(ctx, http.MethodPost, "/v1/cni", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// Status fetches the daemon's status.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var s Status
+	if err := c.do(ctx, http.MethodGet, "/v1/status", nil, &s); err != nil {
+		return nil, err
+	}
+	return &s, nil
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://podnetd"+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.Socket, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return fmt.Errorf("%w at %s: read response: %w", ErrUnreachable, c.Socket, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &Error{}
+		if json.Unmarshal(data, e) != nil || e.Msg == "" {
+			return &Error{Code: 999, Msg: fmt.Sprintf("podnetd: HTTP %d", resp.StatusCode), Details: string(data)}
+		}
+		return e
+	}
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode response from podnetd: %w", err)
+	}
+	return nil
+}

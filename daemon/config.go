@@ -1,0 +1,100 @@
+// Package daemon is podnetd: it wires the cluster-state source, IPAM, routing and
+// nftables together, keeps the node's kernel state in step with the cluster, and
+// serves the CNI plugin and the debug API on a unix socket. It is the only part
+// of podnet that logs.
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Config is podnetd's configuration. Build it with Default, change fields, then
+// call Validate.
+type Config struct {
+	NodeName    string
+	ClusterFile string // standalone mode: YAML file with nodes (and services)
+	Socket      string
+	StateDir    string
+	CNIConfDir  string
+	CNIBinDir   string
+	CNIVersion  string
+	Bridge      string
+	// MTU of pod interfaces and the bridge; 0 means the MTU of the interface that
+	// holds the node's address.
+	MTU int
+	// ResyncInterval is how often the full node state is re-checked against the
+	// kernel even without events.
+	ResyncInterval time.Duration
+	// PollInterval is how often the cluster file is checked for changes.
+	PollInterval time.Duration
+	LogFormat    string // console or json
+	LogLevel     string // debug, info, warn, error
+}
+
+// Default returns the configuration podnetd uses unless told otherwise.
+func Default() Config {
+	return Config{
+		Socket:         "/run/podnet/podnet.sock",
+		StateDir:       "/var/lib/podnet",
+		CNIConfDir:     "/etc/cni/net.d",
+		CNIBinDir:      "/opt/cni/bin",
+		CNIVersion:     "1.1.0",
+		Bridge:         "podnet0",
+		ResyncInterval: 30 * time.Second,
+		PollInterval:   time.Second,
+		LogFormat:      "console",
+		LogLevel:       "info",
+	}
+}
+
+var ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+// Validate reports the first invalid field, named as its flag.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(flag, format string, a ...any) {
+		errs = append(errs, fmt.Errorf("--%s: %s", flag, fmt.Sprintf(format, a...)))
+	}
+	if c.NodeName == "" {
+		bad("node-name", "required")
+	}
+	if c.ClusterFile == "" {
+		bad("cluster-file", "required in standalone mode")
+	}
+	for flag, p := range map[string]string{"socket": c.Socket, "state-dir": c.StateDir, "cni-conf-dir": c.CNIConfDir, "cni-bin-dir": c.CNIBinDir} {
+		if !filepath.IsAbs(p) {
+			bad(flag, "must be an absolute path, got %q", p)
+		}
+	}
+	switch c.CNIVersion {
+	case "0.3.1", "0.4.0", "1.0.0", "1.1.0":
+	default:
+		bad("cni-version", "must be one of 0.3.1, 0.4.0, 1.0.0, 1.1.0, got %q", c.CNIVersion)
+	}
+	if !ifNameRE.MatchString(c.Bridge) {
+		bad("bridge", "invalid interface name %q", c.Bridge)
+	}
+	if c.MTU != 0 && (c.MTU < 576 || c.MTU > 65535) {
+		bad("mtu", "must be 0 (auto) or 576..65535, got %d", c.MTU)
+	}
+	if c.ResyncInterval < time.Second {
+		bad("resync-interval", "must be at least 1s, got %s", c.ResyncInterval)
+	}
+	if c.PollInterval < 10*time.Millisecond {
+		bad("poll-interval", "must be at least 10ms, got %s", c.PollInterval)
+	}
+	if c.LogFormat != "console" && c.LogFormat != "json" {
+		bad("log-format", "must be console or json, got %q", c.LogFormat)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "must be debug, info, warn or error, got %q", c.LogLevel)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,76 @@
+package daemon
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// ConflistName is the file podnetd writes into the CNI config dir.
+const ConflistName = "10-podnet.conflist"
+
+// NetworkName is the CNI network name in the conflist.
+const NetworkName = "podnet"
+
+// renderConflist returns the conflist naming the podnet plugin and its socket.
+func renderConflist(cniVersion, socket string) ([]byte, error) {
+	list := map[string]any{
+		"cniVersion": cniVersion,
+		"name":       NetworkName,
+		"plugins": []map[string]any{{
+			"type":   "podnet",
+			"socket": socket,
+		}},
+	}
+	b, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}
+
+// writeFileAtomic writes data to path only if its content differs: temp file in
+// the same dir, fsync, rename, fsync dir. It reports whether it wrote.
+func writeFileAtomic(path string, data []byte, mode os.FileMode) (bool, error) {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return false, nil
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return false, err
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return false, err
+	}
+	defer os.Remove(tmp.Name()) // no-op after a successful rename
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return false, err
+	}
+	if err := tmp.Close(); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return true, err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return true, fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return true, nil
+}

@@ -1,0 +1,334 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/podnet/podnet/daemon/api"
+	"github.com/podnet/podnet/ipam"
+	"github.com/podnet/podnet/nft"
+	"github.com/podnet/podnet/routing"
+)
+
+// Version is podnetd's version, set at build time.
+var Version = "dev"
+
+// Deps are the kernel-facing parts; nil ones get the real implementation.
+type Deps struct {
+	Kernel routing.Interface
+	NFT    nft.Interface
+}
+
+// Daemon is one podnetd.
+type Daemon struct {
+	cfg     Config
+	log     *zap.Logger
+	kernel  routing.Interface
+	nft     nft.Interface
+	ipam    *ipam.Allocator
+	cni     *cniHandler
+	cluster atomic.Pointer[Cluster]
+	podNet  atomic.Pointer[podNet]
+	trigger chan struct{}
+
+	mu     sync.Mutex
+	status api.Status
+}
+
+// New builds a daemon from a validated config; it touches nothing yet.
+func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1)}
+	if d.kernel == nil {
+		d.kernel = routing.New(-1)
+	}
+	if d.nft == nil {
+		t, err := nft.New()
+		if err != nil {
+			return nil, fmt.Errorf("nftables: %w", err)
+		}
+		d.nft = t
+	}
+	d.podNet.Store(&podNet{Reason: "first sync not done"})
+	d.status = api.Status{Version: Version, Node: cfg.NodeName, Source: "file:" + cfg.ClusterFile, Bridge: cfg.Bridge, StartedAt: time.Now()}
+	return d, nil
+}
+
+// Run starts podnetd and blocks until ctx ends. Start-up errors (unreadable or
+// invalid cluster file, this node missing from it, state dir locked or corrupt,
+// socket not available) are returned; later errors are logged and retried.
+func (d *Daemon) Run(ctx context.Context) error {
+	c, raw, err := LoadClusterFile(d.cfg.ClusterFile)
+	if err != nil {
+		return err
+	}
+	node, ok := c.Node(d.cfg.NodeName)
+	if !ok {
+		return fmt.Errorf("cluster file %s: node %q is not listed", d.cfg.ClusterFile, d.cfg.NodeName)
+	}
+	d.cluster.Store(c)
+	alloc, err := ipam.New(filepath.Join(d.cfg.StateDir, "ipam"), node.PodCIDRs)
+	if err != nil {
+		return fmt.Errorf("ipam: %w", err)
+	}
+	defer alloc.Close()
+	d.ipam = alloc
+	d.cni = &cniHandler{ipam: alloc, kernel: d.kernel, state: func() podNet { return *d.podNet.Load() }}
+	ln, err := listen(d.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	d.log.Info("podnetd starting", zap.String("node", d.cfg.NodeName), zap.String("version", Version),
+		zap.String("socket", d.cfg.Socket), zap.Int("allocations", len(alloc.List())))
+	d.Trigger()
+	var wg sync.WaitGroup
+	run := func(f func(context.Context)) { wg.Add(1); go func() { defer wg.Done(); f(ctx) }() }
+	run(d.syncLoop)
+	run(func(ctx context.Context) { d.watchFile(ctx, raw) })
+	run(d.watchKernel)
+	run(d.resyncTicker)
+	err = d.serve(ctx, ln)
+	wg.Wait()
+	d.log.Info("podnetd stopped; pods and kernel state are left in place")
+	return err
+}
+
+// Trigger asks for a sync; triggers coalesce.
+func (d *Daemon) Trigger() {
+	select {
+	case d.trigger <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Daemon) resyncTicker(ctx context.Context) {
+	t := time.NewTicker(d.cfg.ResyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			d.Trigger()
+		}
+	}
+}
+
+func (d *Daemon) watchKernel(ctx context.Context) {
+	w, ok := d.kernel.(interface {
+		Watch(context.Context, string, func()) error
+	})
+	if !ok {
+		return
+	}
+	for ctx.Err() == nil {
+		if err := w.Watch(ctx, d.cfg.Bridge, d.Trigger); err != nil {
+			d.log.Warn("kernel watch failed; relying on periodic resync", zap.Error(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+}
+
+// watchFile re-reads the cluster file when its content changes; an invalid file
+// is logged and the last good state kept.
+func (d *Daemon) watchFile(ctx context.Context, last []byte) {
+	t := time.NewTicker(d.cfg.PollInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		data, err := os.ReadFile(d.cfg.ClusterFile)
+		if err != nil || slices.Equal(data, last) {
+			if err != nil && !slices.Equal(last, nil) {
+				d.log.Warn("cluster file unreadable; keeping last good state", zap.Error(err))
+				last = nil
+			}
+			continue
+		}
+		last = data
+		c, err := ParseCluster(data)
+		if err != nil {
+			d.log.Error("cluster file invalid; keeping last good state", zap.String("file", d.cfg.ClusterFile), zap.Error(err))
+			continue
+		}
+		d.cluster.Store(c)
+		d.log.Info("cluster file changed", zap.Int("nodes", len(c.Nodes)))
+		d.Trigger()
+	}
+}
+
+// syncLoop runs syncNode on each trigger, at most every 50 ms, retrying failures
+// with exponential backoff up to 30 s.
+func (d *Daemon) syncLoop(ctx context.Context) {
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.trigger:
+		}
+		start := time.Now()
+		err := d.syncNode()
+		d.recordSync(start, err)
+		if err != nil {
+			backoff = min(max(2*backoff, 200*time.Millisecond), 30*time.Second)
+			d.log.Error("node sync failed", zap.Error(err), zap.Duration("retryIn", backoff))
+			time.AfterFunc(backoff, d.Trigger)
+		} else {
+			backoff = 0
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (d *Daemon) recordSync(start time.Time, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.status.LastSync = time.Now()
+	d.status.SyncSeconds = time.Since(start).Seconds()
+	d.status.Syncs++
+	d.status.LastError = ""
+	if err != nil {
+		d.status.LastError = err.Error()
+	}
+}
+
+// syncNode makes the kernel match the cluster state: IPAM ranges, bridge, peer
+// routes, masquerade table, then the CNI conflist.
+func (d *Daemon) syncNode() error {
+	c := d.cluster.Load()
+	node, ok := c.Node(d.cfg.NodeName)
+	if !ok {
+		d.podNet.Store(&podNet{Reason: errNoNode.Error()})
+		return fmt.Errorf("%w: %s", errNoNode, d.cfg.NodeName)
+	}
+	if len(node.PodCIDRs) == 0 {
+		d.podNet.Store(&podNet{Reason: "node has no podCIDR"})
+		return fmt.Errorf("node %s has no podCIDR", node.Name)
+	}
+	if !slices.Equal(d.ipam.Ranges(), node.PodCIDRs) {
+		if err := d.ipam.SetRanges(node.PodCIDRs); err != nil {
+			return fmt.Errorf("ipam ranges: %w", err)
+		}
+		d.log.Info("pod ranges changed", zap.Any("podCIDRs", node.PodCIDRs))
+	}
+	if err := d.setForwarding(node.PodCIDRs); err != nil {
+		return err
+	}
+	mtu := d.mtu(node)
+	if err := d.kernel.EnsureBridge(routing.Bridge{Name: d.cfg.Bridge, Gateways: gateways(node.PodCIDRs), MTU: mtu}); err != nil {
+		return err
+	}
+	routes, skipped := desiredRoutes(c, node.Name)
+	for _, e := range skipped {
+		d.log.Warn("peer route skipped", zap.Error(e))
+	}
+	ch, routeErr := d.kernel.SyncRoutes(routes)
+	d.logRouteChanges(ch)
+	nftErr := d.nft.Sync(desiredNFT(c))
+	d.podNet.Store(&podNet{Ready: true, Bridge: d.cfg.Bridge, MTU: mtu})
+	d.mu.Lock()
+	d.status.PodCIDRs = prefixStrings(node.PodCIDRs)
+	d.status.MTU, d.status.Peers, d.status.Routes = mtu, len(c.Nodes)-1, len(routes)
+	d.status.Ready = true
+	d.mu.Unlock()
+	confErr := d.writeCNIConfig()
+	return errors.Join(routeErr, nftErr, confErr)
+}
+
+func (d *Daemon) setForwarding(cidrs []netip.Prefix) error {
+	for _, p := range cidrs {
+		name := "net.ipv4.ip_forward"
+		if p.Addr().Is6() {
+			name = "net.ipv6.conf.all.forwarding"
+		}
+		if err := setSysctl(name, "1"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) mtu(n Node) int {
+	if d.cfg.MTU > 0 {
+		return d.cfg.MTU
+	}
+	for _, a := range n.Addresses {
+		if m, err := d.kernel.MTUOf(a); err == nil {
+			return m
+		}
+	}
+	return 1500
+}
+
+func (d *Daemon) logRouteChanges(ch routing.RouteChanges) {
+	for _, r := range ch.Added {
+		d.log.Info("route added", zap.Stringer("dst", r.Dst), zap.Stringer("via", r.Via))
+	}
+	for _, r := range ch.Replaced {
+		d.log.Info("route replaced", zap.Stringer("dst", r.Dst), zap.Stringer("via", r.Via))
+	}
+	for _, r := range ch.Removed {
+		d.log.Info("route removed", zap.Stringer("dst", r.Dst), zap.Stringer("via", r.Via))
+	}
+	for _, r := range ch.Conflicts {
+		d.log.Warn("route not installed: a route podnet does not own has this destination", zap.Stringer("dst", r.Dst))
+	}
+}
+
+func (d *Daemon) writeCNIConfig() error {
+	data, err := renderConflist(d.cfg.CNIVersion, d.cfg.Socket)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(d.cfg.CNIConfDir, ConflistName)
+	wrote, err := writeFileAtomic(path, data, 0o644)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if wrote {
+		d.log.Info("CNI config written", zap.String("path", path))
+	}
+	return nil
+}
+
+// Status returns a snapshot of the daemon's state.
+func (d *Daemon) Status() api.Status {
+	d.mu.Lock()
+	s := d.status
+	d.mu.Unlock()
+	if d.ipam != nil {
+		s.Allocations = len(d.ipam.List())
+	}
+	return s
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}

@@ -1,0 +1,121 @@
+// Command podnet-lab runs podnet on a multi-node cluster made of network
+// namespaces inside its own `unshare --net --mount` sandbox; nothing outside
+// the sandbox is touched.
+//
+//	podnet-lab run    build the lab, check the connectivity matrix, tear down
+//	podnet-lab up     build the lab and keep it until interrupted (or `down`)
+//	podnet-lab down   stop a lab started with `up`
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/podnet/podnet/integration/lab"
+	"github.com/podnet/podnet/integration/sandbox"
+)
+
+const pidFile = "/run/podnet-lab.pid"
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "podnet-lab:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) == 0 {
+		return errors.New("usage: podnet-lab run|up|down [--nodes N] [--pods N] [--bin DIR]")
+	}
+	cmd := args[0]
+	fs := flag.NewFlagSet("podnet-lab "+cmd, flag.ContinueOnError)
+	self, _ := os.Executable()
+	o := lab.Options{Log: os.Stdout}
+	fs.IntVar(&o.Nodes, "nodes", 3, "number of nodes")
+	fs.IntVar(&o.PodsPerNode, "pods", 2, "pods per node")
+	fs.StringVar(&o.BinDir, "bin", filepath.Dir(self), "directory holding podnetd and podnet")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if cmd == "down" {
+		return down()
+	}
+	if cmd != "run" && cmd != "up" {
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+	if !sandbox.Inside() && cmd == "up" {
+		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			return err
+		}
+		defer os.Remove(pidFile)
+	}
+	reexeced, code, err := sandbox.Enter()
+	if err != nil {
+		return err
+	}
+	if reexeced {
+		if code != 0 {
+			os.Exit(code)
+		}
+		return nil
+	}
+	work, err := os.MkdirTemp("", "podnet-lab-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+	o.WorkDir = work
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if cmd == "run" {
+		return lab.Run(ctx, o)
+	}
+	return up(ctx, o)
+}
+
+func up(ctx context.Context, o lab.Options) error {
+	l, err := lab.Up(ctx, o)
+	if err != nil {
+		if l != nil {
+			l.Down(context.Background())
+		}
+		return err
+	}
+	for _, n := range l.Nodes {
+		for i := 1; i <= o.PodsPerNode; i++ {
+			p, err := l.AddPod(ctx, n, fmt.Sprintf("%s-pod%d", n.Name, i))
+			if err != nil {
+				l.Down(context.Background())
+				return err
+			}
+			fmt.Printf("pod %s on %s: %s\n", p.Name, n.Name, p.IP)
+		}
+	}
+	fmt.Printf("\nlab is up. Enter it with:\n  nsenter --net=/proc/%d/ns/net --mount=/proc/%d/ns/mnt bash\n", os.Getpid(), os.Getpid())
+	fmt.Printf("then e.g. `ip netns exec node1 ip route`, `%s/podnetctl --socket %s status`\n", o.BinDir, l.Nodes[0].Socket())
+	fmt.Println("stop with Ctrl-C or `podnet-lab down`")
+	<-ctx.Done()
+	return l.Down(context.Background())
+}
+
+// down signals the lab started by `up` (its PID is in the pid file).
+func down() error {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return fmt.Errorf("no running lab (%w)", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("bad pid file %s: %w", pidFile, err)
+	}
+	return syscall.Kill(pid, syscall.SIGTERM)
+}
