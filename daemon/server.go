@@ -48,6 +48,16 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, d.Status())
 	})
+	mux.HandleFunc("GET /v1/ipam", func(w http.ResponseWriter, _ *http.Request) {
+		out := []api.Allocation{}
+		if d.ipam != nil {
+			for _, a := range d.ipam.List() {
+				out = append(out, api.Allocation{ContainerID: a.ContainerID, IfName: a.IfName,
+					Address: a.Addr.String(), Range: a.Range.String(), Created: a.Created})
+			}
+		}
+		writeJSON(w, http.StatusOK, out)
+	})
 	return mux
 }
 

@@ -3,6 +3,7 @@
 //
 //	POST /v1/cni      CNIRequest  -> 200 CNIResponse, or 4xx/5xx CNI error object
 //	GET  /v1/status   -> 200 Status
+//	GET  /v1/ipam     -> 200 []Allocation
 //
 // CNI results always travel as spec version 1.1.0; the plugin converts them to the
 // version the runtime asked for.
@@ -65,4 +66,13 @@ type Status struct {
 	Syncs       uint64    `json:"syncs"`
 	LastError   string    `json:"lastError,omitempty"`
 	StartedAt   time.Time `json:"startedAt"`
+}
+
+// Allocation is one allocated pod address.
+type Allocation struct {
+	ContainerID string    `json:"containerID"`
+	IfName      string    `json:"ifName"`
+	Address     string    `json:"address"`
+	Range       string    `json:"range"`
+	Created     time.Time `json:"created"`
 }

@@ -58,6 +58,15 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 	return &s, nil
 }
 
+// IPAM lists the daemon's address allocations.
+func (c *Client) IPAM(ctx context.Context) ([]Allocation, error) {
+	var out []Allocation
+	if err := c.do(ctx, http.MethodGet, "/v1/ipam", nil, &out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {

@@ -5,6 +5,7 @@ package lab
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -117,7 +118,7 @@ func (l *Lab) underlay() error {
 	err = c.Link.New(&rtnetlink.LinkMessage{Family: unix.AF_UNSPEC, Attributes: &rtnetlink.LinkAttributes{
 		Name: "underlay", Info: &rtnetlink.LinkInfo{Kind: "bridge", Data: &driver.Bridge{}},
 	}})
-	if err != nil {
+	if err != nil && !errors.Is(err, unix.EEXIST) { // a previous lab in this sandbox left it
 		return fmt.Errorf("underlay bridge: %w", err)
 	}
 	return sandbox.SetLinkUp(-1, "underlay")
@@ -218,6 +219,9 @@ func (l *Lab) Down(ctx context.Context) error {
 		if n.NS != nil {
 			n.NS.Delete()
 		}
+		// Remove the uplink now rather than when the kernel gets round to
+		// destroying the namespace, so a new lab can reuse the name at once.
+		sandbox.DeleteLink(-1, "u-"+n.Name)
 	}
 	return first
 }

@@ -224,3 +224,22 @@ func AddAddr(ns *NetNS, link string, addr netip.Prefix) error {
 	}
 	return SetLinkUp(ns.Fd(), link)
 }
+
+// DeleteLink deletes the named link in the namespace fd (fd < 0: this process's
+// own); a missing link is not an error.
+func DeleteLink(fd int, name string) error {
+	cfg := &netlink.Config{}
+	if fd >= 0 {
+		cfg.NetNS = fd
+	}
+	c, err := rtnetlink.Dial(cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	l, err := linkByName(c, name)
+	if err != nil {
+		return nil
+	}
+	return c.Link.Delete(l.Index)
+}
