@@ -1,0 +1,329 @@
+package nft
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Interface is what the daemon uses to program the table.
+type Interface interface {
+	// Sync makes table inet podnet equal s in one atomic transaction. It
+	// (re)creates the table, sets, chain and rules when they are missing or
+	// differ from what this version writes; otherwise it only changes set
+	// elements. Invalid values of s are skipped: the rest is applied and the
+	// returned error, matching ErrInvalid, lists them.
+	Sync(s State) error
+	// Cleanup deletes the table. A missing table is not an error.
+	Cleanup() error
+}
+
+var (
+	_ Interface = (*Table)(nil)
+	_ Interface = (*Fake)(nil)
+)
+
+// Option configures New.
+type Option func(*options)
+
+type options struct {
+	netnsFd int // 0: the process's own namespace
+}
+
+// WithNetNSFd makes the Table program the network namespace open as fd (for
+// example /run/netns/NAME) instead of the process's own; fd 0 keeps the process's
+// own. The fd must stay open while the Table is used; New fails if fd is negative
+// or not a network namespace.
+func WithNetNSFd(fd int) Option {
+	return func(o *options) { o.netnsFd = fd }
+}
+
+// Table is the kernel implementation of Interface: it talks netlink to nftables,
+// without running the nft binary. Every Sync and Cleanup is one netlink batch that
+// the kernel applies entirely or not at all. Methods are safe for concurrent use;
+// calls are serialised.
+type Table struct {
+	mu    sync.Mutex
+	copts []nftables.ConnOption
+}
+
+// sendBuffer is the socket send buffer Table asks for: a batch must fit in it
+// whole, and the default (net.core.wmem_default, about 208 KiB) holds only a few
+// thousand elements. Like nft, Table forces it with SO_SNDBUFFORCE (see
+// forceSendBuffer).
+const sendBuffer = 16 << 20
+
+// New returns a Table for the process's network namespace, or the one given with
+// WithNetNSFd. It fails if nftables cannot be reached there (no CAP_NET_ADMIN, no
+// nf_tables in the kernel, or fd not a network namespace).
+func New(opts ...Option) (*Table, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	copts := []nftables.ConnOption{nftables.WithSockOptions(forceSendBuffer)}
+	if o.netnsFd < 0 {
+		return nil, fmt.Errorf("nft: invalid network namespace fd %d", o.netnsFd)
+	}
+	if o.netnsFd > 0 {
+		copts = append(copts, nftables.WithNetNSFd(o.netnsFd))
+	}
+	t := &Table{copts: copts}
+	conn, err := t.newConn()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
+		return nil, fmt.Errorf("nft: reach nftables: %w", err)
+	}
+	return t, nil
+}
+
+// newConn returns a connection whose batch queue is empty. Each Sync and Cleanup
+// builds its batch on its own connection, so a batch abandoned half-built is never
+// sent. The connection dials a netlink socket per request and holds none open.
+func (t *Table) newConn() (*nftables.Conn, error) {
+	conn, err := nftables.New(t.copts...)
+	if err != nil {
+		return nil, fmt.Errorf("nft: open netlink: %w", err)
+	}
+	return conn, nil
+}
+
+// forceSendBuffer raises the socket's send buffer to sendBuffer. Without
+// CAP_NET_ADMIN it asks within net.core.wmem_max instead, which the kernel caps
+// silently; only batches larger than that then fail ("message too long").
+func forceSendBuffer(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("nft: socket: %w", err)
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer) != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, sendBuffer)
+		}
+	})
+	if err = errors.Join(err, serr); err != nil {
+		return fmt.Errorf("nft: socket send buffer: %w", err)
+	}
+	return nil
+}
+
+// podnetTable is table inet podnet.
+func podnetTable() *nftables.Table {
+	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+}
+
+// Sync makes the kernel table equal s; see Interface. It reads the table first:
+// if the sets, the chain and the rule tags are what this version writes, the batch
+// only adds and deletes elements of the address sets and, for an interval set whose
+// content changed, flushes it and adds all its elements again; a batch with nothing
+// to change is not sent. Otherwise the batch deletes the table (if any) and creates
+// it whole. On a kernel error nothing changed and the error is returned, joined
+// with the *SkippedError if values were skipped.
+func (t *Table) Sync(s State) error {
+	d, skipped := normalize(s)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return errors.Join(t.sync(d), skipped)
+}
+
+func (t *Table) sync(d desired) error {
+	conn, err := t.newConn()
+	if err != nil {
+		return err
+	}
+	cur, err := read(conn)
+	if err != nil {
+		return err
+	}
+	if cur.current {
+		err = queueElementChanges(conn, elementChanges(cur.elements, d))
+	} else {
+		err = queueCreate(conn, cur.exists, d)
+	}
+	if err != nil {
+		return err // the half-built batch is dropped with conn
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("nft: sync table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// queueCreate queues the whole table with d's elements, after deleting the old
+// table if it exists, so that the kernel swaps them in one transaction.
+func queueCreate(conn *nftables.Conn, exists bool, d desired) error {
+	table := podnetTable()
+	if exists {
+		conn.DelTable(table)
+	}
+	conn.AddTable(table)
+	sets := make(map[string]*nftables.Set, len(setSpecs))
+	for _, spec := range setSpecs {
+		set := spec.newSet(table)
+		if err := conn.AddSet(set, nil); err != nil {
+			return fmt.Errorf("nft: add set %s: %w", spec.name, err)
+		}
+		if err := addElements(conn, set, spec.elements(d)); err != nil {
+			return err
+		}
+		sets[spec.name] = set
+	}
+	chain := chainSpec
+	chain.Table = table
+	conn.AddChain(&chain)
+	for _, r := range postroutingRules {
+		conn.AddRule(&nftables.Rule{Table: table, Chain: &chain, Exprs: r.exprs(sets), UserData: ruleTag(r.role)})
+	}
+	return nil
+}
+
+// queueElementChanges queues changes to the sets of the existing table.
+func queueElementChanges(conn *nftables.Conn, changes []setChange) error {
+	for _, c := range changes {
+		set := c.spec.newSet(podnetTable())
+		if c.flush {
+			conn.FlushSet(set)
+		}
+		if err := deleteElements(conn, set, c.del); err != nil {
+			return err
+		}
+		if err := addElements(conn, set, c.add); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// maxElementsPerMessage bounds the elements of one netlink message. The kernel
+// reads a message's element list as one attribute, whose 16-bit length silently
+// wraps past 64 KiB and drops the elements after it; at most 36 bytes per element
+// (an IPv6 key with flags) keep 1024 well below. A batch holds as many messages as
+// needed: it stays one transaction.
+const maxElementsPerMessage = 1024
+
+// addElements queues elems for adding to set, in messages of bounded size.
+func addElements(conn *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
+	for chunk := range slices.Chunk(elems, maxElementsPerMessage) {
+		if err := conn.SetAddElements(set, chunk); err != nil {
+			return fmt.Errorf("nft: add elements to %s: %w", set.Name, err)
+		}
+	}
+	return nil
+}
+
+// deleteElements queues elems for deleting from set, in messages of bounded size.
+func deleteElements(conn *nftables.Conn, set *nftables.Set, elems []nftables.SetElement) error {
+	for chunk := range slices.Chunk(elems, maxElementsPerMessage) {
+		if err := conn.SetDeleteElements(set, chunk); err != nil {
+			return fmt.Errorf("nft: delete elements from %s: %w", set.Name, err)
+		}
+	}
+	return nil
+}
+
+// kernelState is what read found in the kernel.
+type kernelState struct {
+	exists   bool                             // the table exists
+	current  bool                             // its sets, chain and rules are this version's
+	elements map[string][]nftables.SetElement // by set name, when current
+}
+
+// read reports whether the table exists and is current, and if so the elements
+// of its sets.
+func read(conn *nftables.Conn) (kernelState, error) {
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return kernelState{}, fmt.Errorf("nft: list tables: %w", err)
+	}
+	i := slices.IndexFunc(tables, func(tb *nftables.Table) bool { return tb.Name == TableName })
+	if i < 0 {
+		return kernelState{}, nil
+	}
+	if tables[i].Flags != 0 { // dormant, or owned by another process: not as created
+		return kernelState{exists: true}, nil
+	}
+	sets, err := currentLayout(conn)
+	if err != nil || sets == nil {
+		return kernelState{exists: true}, err
+	}
+	cur := kernelState{exists: true, current: true, elements: map[string][]nftables.SetElement{}}
+	for _, set := range sets {
+		elems, err := conn.GetSetElements(set)
+		if err != nil {
+			return kernelState{}, fmt.Errorf("nft: list elements of %s: %w", set.Name, err)
+		}
+		cur.elements[set.Name] = elems
+	}
+	return cur, nil
+}
+
+// currentLayout returns the table's sets if it holds exactly this version's sets,
+// chain and rules (by their tags), and nil otherwise.
+func currentLayout(conn *nftables.Conn) ([]*nftables.Set, error) {
+	table := podnetTable()
+	sets, err := conn.GetSets(table)
+	if err != nil {
+		return nil, fmt.Errorf("nft: list sets: %w", err)
+	}
+	if len(sets) != len(setSpecs) {
+		return nil, nil
+	}
+	for _, spec := range setSpecs {
+		i := slices.IndexFunc(sets, func(s *nftables.Set) bool { return s.Name == spec.name })
+		if i < 0 || !spec.matches(sets[i]) {
+			return nil, nil
+		}
+	}
+	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return nil, fmt.Errorf("nft: list chains: %w", err)
+	}
+	chains = slices.DeleteFunc(chains, func(c *nftables.Chain) bool { return c.Table == nil || c.Table.Name != TableName })
+	if len(chains) != 1 || !sameChain(chains[0], &chainSpec) {
+		return nil, nil
+	}
+	rules, err := conn.GetRules(table, chains[0])
+	if err != nil {
+		return nil, fmt.Errorf("nft: list rules: %w", err)
+	}
+	if len(rules) != len(postroutingRules) {
+		return nil, nil
+	}
+	for i, r := range postroutingRules {
+		if !slices.Equal(rules[i].UserData, ruleTag(r.role)) {
+			return nil, nil
+		}
+	}
+	return sets, nil
+}
+
+func sameChain(c, want *nftables.Chain) bool {
+	return c.Name == want.Name && c.Type == want.Type &&
+		c.Hooknum != nil && *c.Hooknum == *want.Hooknum &&
+		c.Priority != nil && *c.Priority == *want.Priority &&
+		c.Policy != nil && *c.Policy == *want.Policy
+}
+
+// Cleanup deletes the table with everything in it, in one batch. A missing table
+// is not an error; any other kernel error is returned.
+func (t *Table) Cleanup() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	conn, err := t.newConn()
+	if err != nil {
+		return err
+	}
+	conn.DelTable(podnetTable())
+	if err := conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("nft: delete table inet %s: %w", TableName, err)
+	}
+	return nil
+}
