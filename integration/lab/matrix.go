@@ -18,6 +18,7 @@ type Journey string
 
 // The journeys the matrix checks.
 const (
+	InsidePod       Journey = "inside a pod: container → container over lo"
 	PodPodSameNode  Journey = "pod → pod, same node"
 	PodPodCrossNode Journey = "pod → pod, across nodes"
 	NodePod         Journey = "node → pod"
@@ -54,6 +55,7 @@ type endpoint struct {
 	addr netip.Addr
 	node *Node
 	pod  bool
+	lo   string // for a pod's loopback endpoint: the pod it belongs to
 }
 
 const probePort = 7777
@@ -67,7 +69,8 @@ func (l *Lab) Matrix() ([]Check, error) {
 		eps = append(eps, endpoint{name: n.Name, ns: n.NS, addr: n.Addr, node: n})
 	}
 	for _, p := range l.Pods {
-		eps = append(eps, endpoint{name: p.Name, ns: p.NS, addr: p.IP, node: p.Node, pod: true})
+		eps = append(eps, endpoint{name: p.Name, ns: p.NS, addr: p.IP, node: p.Node, pod: true},
+			endpoint{name: p.Name + " (lo)", ns: p.NS, addr: netip.MustParseAddr("127.0.0.1"), node: p.Node, pod: true, lo: p.Name})
 	}
 	stop, err := serve(eps)
 	defer stop()
@@ -83,6 +86,9 @@ func (l *Lab) Matrix() ([]Check, error) {
 			}
 			c := Check{Journey: j, From: src.name, To: dst.name, Dst: netip.AddrPortFrom(dst.addr, probePort)}
 			c.Want = []netip.Addr{src.addr}
+			if dst.lo != "" { // two containers of one pod share its namespace and lo
+				c.Want = []netip.Addr{dst.addr}
+			}
 			if !src.pod { // a node may use its bridge address towards its own pods
 				c.Want = append(c.Want, src.node.Gateway())
 			}
@@ -95,6 +101,10 @@ func (l *Lab) Matrix() ([]Check, error) {
 
 func journey(src, dst endpoint) (Journey, bool) {
 	switch {
+	case src.lo != "" || (dst.lo != "" && dst.lo != src.name):
+		return "", false
+	case dst.lo != "":
+		return InsidePod, true
 	case src.name == dst.name:
 		return "", false
 	case src.pod && dst.pod && src.node == dst.node:
@@ -164,7 +174,7 @@ func probe(ns *sandbox.NetNS, dst netip.AddrPort) (netip.Addr, time.Duration, er
 func PrintMatrix(w io.Writer, checks []Check) int {
 	failed := 0
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	for _, j := range []Journey{PodPodSameNode, PodPodCrossNode, NodePod, PodNode} {
+	for _, j := range []Journey{InsidePod, PodPodSameNode, PodPodCrossNode, NodePod, PodNode} {
 		fmt.Fprintf(tw, "\n%s\n", j)
 		for _, c := range checks {
 			if c.Journey != j {
