@@ -40,6 +40,7 @@ type Daemon struct {
 	cluster atomic.Pointer[Cluster]
 	podNet  atomic.Pointer[podNet]
 	trigger chan struct{}
+	sysctl  func(name, value string) error // setSysctl; replaced in tests
 
 	mu     sync.Mutex
 	status api.Status
@@ -50,7 +51,7 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1)}
+	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1), sysctl: setSysctl}
 	if d.kernel == nil {
 		d.kernel = routing.New(-1)
 	}
@@ -264,7 +265,7 @@ func (d *Daemon) setForwarding(cidrs []netip.Prefix) error {
 		if p.Addr().Is6() {
 			name = "net.ipv6.conf.all.forwarding"
 		}
-		if err := setSysctl(name, "1"); err != nil {
+		if err := d.sysctl(name, "1"); err != nil {
 			return err
 		}
 	}

@@ -117,3 +117,6 @@ func (f *Fake) ListHostLinks() ([]HostLink, error) {
 	}
 	return out, nil
 }
+
+// MTUOf returns 1500.
+func (f *Fake) MTUOf(netip.Addr) (int, error) { return 1500, nil }

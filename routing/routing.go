@@ -87,4 +87,5 @@ type Interface interface {
 	CheckPod(p Pod) error
 	DelPod(p Pod) error
 	ListHostLinks() ([]HostLink, error)
+	MTUOf(addr netip.Addr) (int, error)
 }

@@ -4,9 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/version"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/integration/sandbox"
@@ -29,7 +32,10 @@ type cniRuntime struct {
 }
 
 func newCNIRuntime(binDir, cacheDir string) *cniRuntime {
-	return &cniRuntime{cfg: libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, nil)}
+	// An explicit executor: libcni fills a nil one in lazily, which races when
+	// pods are added concurrently.
+	exec := &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}
+	return &cniRuntime{cfg: libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, exec)}
 }
 
 // ConfList loads the conflist the node's daemon wrote.
