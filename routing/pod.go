@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 
@@ -22,6 +23,21 @@ func HostVethName(containerID, ifName string) string {
 	return "pn" + hex.EncodeToString(sum[:])[:11]
 }
 
+// dialPod opens the pod namespace at path and an rtnetlink connection inside
+// it; the caller closes both. A missing namespace wraps ErrNetNSGone.
+func dialPod(path string) (*rtnetlink.Conn, *os.File, error) {
+	nsf, err := openNetNS(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := dialNS(int(nsf.Fd()))
+	if err != nil {
+		nsf.Close()
+		return nil, nil, err
+	}
+	return c, nsf, nil
+}
+
 func alias(containerID, ifName string) string {
 	return AliasPrefix + containerID + "/" + ifName
 }
@@ -33,15 +49,11 @@ func alias(containerID, ifName string) string {
 // fails. A leftover host veth of the same attachment (a crashed earlier ADD) is
 // replaced.
 func (m *Manager) AddPod(p Pod) (links PodLinks, err error) {
-	nsf, err := openNetNS(p.NetNS)
+	pc, nsf, err := dialPod(p.NetNS)
 	if err != nil {
 		return links, err
 	}
 	defer nsf.Close()
-	pc, err := dialNS(int(nsf.Fd()))
-	if err != nil {
-		return links, err
-	}
 	defer pc.Close()
 	if _, ok, err := linkByName(pc, p.IfName); err != nil {
 		return links, err
@@ -208,18 +220,13 @@ func (m *Manager) DelPod(p Pod) error {
 		return nil
 	}
 	// No host end: remove a lone pod-side link left by an interrupted ADD.
-	nsf, err := openNetNS(p.NetNS)
-	if err != nil {
-		if errors.Is(err, ErrNetNSGone) {
-			return nil
-		}
+	pc, nsf, err := dialPod(p.NetNS)
+	if errors.Is(err, ErrNetNSGone) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	defer nsf.Close()
-	pc, err := dialNS(int(nsf.Fd()))
-	if err != nil {
-		return err
-	}
 	defer pc.Close()
 	l, ok, err := linkByName(pc, p.IfName)
 	if err != nil || !ok || l.Attributes.Info == nil || l.Attributes.Info.Kind != "veth" {
@@ -260,15 +267,11 @@ func (m *Manager) ListHostLinks() ([]HostLink, error) {
 // CheckPod verifies the attachment as CNI CHECK asks: the pod interface exists
 // with its addresses and default routes, and the host end is up on the bridge.
 func (m *Manager) CheckPod(p Pod) error {
-	nsf, err := openNetNS(p.NetNS)
+	pc, nsf, err := dialPod(p.NetNS)
 	if err != nil {
 		return err
 	}
 	defer nsf.Close()
-	pc, err := dialNS(int(nsf.Fd()))
-	if err != nil {
-		return err
-	}
 	defer pc.Close()
 	l, ok, err := linkByName(pc, p.IfName)
 	if err != nil {
