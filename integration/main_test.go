@@ -48,7 +48,7 @@ func TestMain(m *testing.M) {
 }
 
 func buildBinaries(dir string) error {
-	for name, pkg := range map[string]string{"podnetd": "../cmd/podnetd", "podnet": "../cni-plugin"} {
+	for name, pkg := range map[string]string{"podnetd": "../cmd/podnetd", "podnet": "../cni-plugin", "podnetctl": "../cmd/podnetctl"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
