@@ -167,9 +167,17 @@ func TestKillDuringAddBurst(t *testing.T) {
 		ns := podNS(t, fmt.Sprintf("kill%d", i))
 		rts = append(rts, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("kill-%d", i), NetNS: ns.Path, IfName: "eth0"})
 	}
+	// Kill once 10 to 20 addresses are persisted: the burst is then mid-way
+	// whatever the machine's speed.
+	killAt := 10 + rand.IntN(11)
+	daemon := n.Daemon.Process
 	go func() {
-		time.Sleep(time.Duration(100+rand.IntN(200)) * time.Millisecond)
-		n.Daemon.Process.Signal(syscall.SIGKILL)
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if entries, _ := os.ReadDir(filepath.Join(n.Dir, "state", "ipam")); len(entries) >= killAt {
+				break
+			}
+		}
+		daemon.Signal(syscall.SIGKILL)
 	}()
 	ips, errs := addPods(l, list, rts, 6)
 	l.StopDaemon(n, syscall.SIGKILL) // reaps it

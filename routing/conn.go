@@ -58,15 +58,22 @@ func openNetNS(path string) (*os.File, error) {
 	return f, nil
 }
 
-// linkByName finds a link by name; ok is false when there is none.
+// linkByName finds a link by name with one targeted RTM_GETLINK (no dump, so
+// its cost does not grow with the number of pods); ok is false when there is none.
 func linkByName(c *rtnetlink.Conn, name string) (rtnetlink.LinkMessage, bool, error) {
-	links, err := c.Link.List()
+	msgs, err := c.Execute(&rtnetlink.LinkMessage{
+		Family:     unix.AF_UNSPEC,
+		Attributes: &rtnetlink.LinkAttributes{Name: name},
+	}, unix.RTM_GETLINK, netlink.Request)
 	if err != nil {
-		return rtnetlink.LinkMessage{}, false, fmt.Errorf("list links: %w", err)
+		if isNotFound(err) {
+			return rtnetlink.LinkMessage{}, false, nil
+		}
+		return rtnetlink.LinkMessage{}, false, fmt.Errorf("get link %s: %w", name, err)
 	}
-	for _, l := range links {
-		if l.Attributes != nil && l.Attributes.Name == name {
-			return l, true, nil
+	for _, m := range msgs {
+		if l, ok := m.(*rtnetlink.LinkMessage); ok && l.Attributes != nil && l.Attributes.Name == name {
+			return *l, true, nil
 		}
 	}
 	return rtnetlink.LinkMessage{}, false, nil
