@@ -56,6 +56,10 @@ func (m *Manager) Watch(ctx context.Context, bridge string, notify func()) error
 		<-ctx.Done()
 		c.SetReadDeadline(time.Now())
 	}()
+	var bridgeIndex uint32
+	if l, ok, err := m.linkIndex(bridge); err == nil && ok {
+		bridgeIndex = l
+	}
 	for {
 		msgs, raw, err := c.Receive()
 		if ctx.Err() != nil {
@@ -65,7 +69,10 @@ func (m *Manager) Watch(ctx context.Context, bridge string, notify func()) error
 			return fmt.Errorf("rtnetlink receive: %w", err)
 		}
 		for i, msg := range msgs {
-			if relevant(raw[i].Header.Type, msg, bridge) {
+			if l, ok := msg.(*rtnetlink.LinkMessage); ok && l.Attributes != nil && l.Attributes.Name == bridge {
+				bridgeIndex = l.Index
+			}
+			if relevant(raw[i].Header.Type, msg, bridge, bridgeIndex) {
 				notify()
 				break
 			}
@@ -73,14 +80,27 @@ func (m *Manager) Watch(ctx context.Context, bridge string, notify func()) error
 	}
 }
 
-func relevant(t netlink.HeaderType, msg rtnetlink.Message, bridge string) bool {
+// relevant filters out the churn of pod attachments (their veths and link-local
+// addresses come and go all the time) so that only changes to podnet's own
+// routes and bridge trigger a node sync.
+func relevant(t netlink.HeaderType, msg rtnetlink.Message, bridge string, bridgeIndex uint32) bool {
 	switch m := msg.(type) {
 	case *rtnetlink.RouteMessage:
 		return t == unix.RTM_DELROUTE && m.Protocol == Proto
 	case *rtnetlink.AddressMessage:
-		return t == unix.RTM_DELADDR
+		return t == unix.RTM_DELADDR && m.Index == bridgeIndex
 	case *rtnetlink.LinkMessage:
-		return m.Attributes != nil && m.Attributes.Name == bridge
+		return m.Attributes != nil && m.Attributes.Name == bridge && (t == unix.RTM_DELLINK || m.Flags&unix.IFF_UP == 0)
 	}
 	return false
+}
+
+func (m *Manager) linkIndex(name string) (uint32, bool, error) {
+	c, err := m.dial()
+	if err != nil {
+		return 0, false, err
+	}
+	defer c.Close()
+	l, ok, err := linkByName(c, name)
+	return l.Index, ok, err
 }
