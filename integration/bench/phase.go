@@ -11,6 +11,19 @@ import (
 	"github.com/podnet/podnet/integration/sandbox"
 )
 
+// meanOf is the mean of d[from:to]; 0 when empty.
+func meanOf(d []time.Duration, from, to int) time.Duration {
+	from, to = max(0, from), min(len(d), to)
+	if to <= from {
+		return 0
+	}
+	var sum time.Duration
+	for _, x := range d[from:to] {
+		sum += x
+	}
+	return sum / time.Duration(to-from)
+}
+
 // errNotRun marks a job no worker picked up (every worker failed to enter the
 // namespace).
 var errNotRun = errors.New("not run: no worker could enter the node namespace")
@@ -18,7 +31,8 @@ var errNotRun = errors.New("not run: no worker could enter the node namespace")
 // Phase is the timing of one verb (ADD or DEL) over all pods of a round.
 type Phase struct {
 	Wall   time.Duration   // from releasing the workers to the last call returning
-	Lat    []time.Duration // per call, sorted ascending
+	Lat    []time.Duration // per successful call, sorted ascending
+	ByPod  []time.Duration // per call in pod order (the call order when serial)
 	Errors []error         // failed calls, in pod order
 }
 
@@ -32,12 +46,15 @@ func (p Phase) Rate() float64 {
 
 // Percentile returns the nearest-rank q-quantile (0 < q <= 1) of the call
 // latencies; 0 for an empty phase.
-func (p Phase) Percentile(q float64) time.Duration {
-	if len(p.Lat) == 0 {
+func (p Phase) Percentile(q float64) time.Duration { return percentile(p.Lat, q) }
+
+// percentile returns the nearest-rank q-quantile of sorted; 0 when empty.
+func percentile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(math.Ceil(q*float64(len(p.Lat)))) - 1
-	return p.Lat[max(0, min(i, len(p.Lat)-1))]
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
 // runPhase calls fn(i) for i in [0, n) from workers goroutines, each on its own
@@ -55,6 +72,8 @@ func runPhase(ns *sandbox.NetNS, workers, n int, fn func(i int) error) Phase {
 		errs[i] = errNotRun
 	}
 	var ready, done sync.WaitGroup
+	var mu sync.Mutex
+	var workerErrs []error
 	start := make(chan struct{})
 	for range workers {
 		ready.Add(1)
@@ -76,14 +95,18 @@ func runPhase(ns *sandbox.NetNS, workers, n int, fn func(i int) error) Phase {
 			if !entered {
 				ready.Done() // ns.Do failed before fn: never block the start
 			}
-			_ = err // a worker that cannot enter leaves its share to the others or errNotRun
+			if err != nil { // its jobs go to the other workers, or stay errNotRun
+				mu.Lock()
+				workerErrs = append(workerErrs, fmt.Errorf("worker: %w", err))
+				mu.Unlock()
+			}
 		}()
 	}
 	ready.Wait()
 	t0 := time.Now()
 	close(start)
 	done.Wait()
-	p := Phase{Wall: time.Since(t0)}
+	p := Phase{Wall: time.Since(t0), Errors: workerErrs, ByPod: lat}
 	for i := range n {
 		if errs[i] != nil {
 			p.Errors = append(p.Errors, fmt.Errorf("pod %d: %w", i, errs[i]))
