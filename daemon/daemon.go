@@ -249,6 +249,11 @@ func (d *Daemon) syncNode() error {
 	ch, routeErr := d.kernel.SyncRoutes(routes)
 	d.logRouteChanges(ch)
 	nftErr := d.nft.Sync(desiredNFT(c))
+	if r, ok := d.kernel.(interface{ Reap() error }); ok {
+		if err := r.Reap(); err != nil { // pods retired before a crash
+			d.log.Warn("deleting retired pod links failed", zap.Error(err))
+		}
+	}
 	d.podNet.Store(&podNet{Ready: true, Bridge: d.cfg.Bridge, MTU: mtu})
 	d.mu.Lock()
 	d.status.PodCIDRs = prefixStrings(node.PodCIDRs)

@@ -135,7 +135,7 @@ func assertClean(t *testing.T, n *lab.Node) {
 	if a := allocations(t, n); len(a) != 0 {
 		t.Fatalf("%d addresses still allocated: %+v", len(a), a[:min(len(a), 5)])
 	}
-	if links, err := n.PodLinks(); err != nil || len(links) != 0 {
+	if links, err := n.WaitNoPodLinks(); err != nil || len(links) != 0 {
 		t.Fatalf("pod veths left: %v %v", links, err)
 	}
 	entries, err := os.ReadDir(filepath.Join(n.Dir, "state", "ipam"))

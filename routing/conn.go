@@ -16,6 +16,7 @@ import (
 // own, or the one given to New (tests use that to stay in a sandbox namespace).
 type Manager struct {
 	netnsFd int // -1: the process's own namespace
+	reaper  reaper
 }
 
 var _ Interface = (*Manager)(nil)

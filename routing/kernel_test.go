@@ -222,9 +222,22 @@ func TestPodAttachDetach(t *testing.T) {
 	if err := m.DelPod(p); err != nil {
 		t.Fatal(err)
 	}
+	// DEL takes the pod off the bridge at once; the reaper deletes the pair.
+	c, _ := node.Dial()
+	h, ok, _ := linkByName(c, p.HostVeth)
+	if ok && (h.Flags&unix.IFF_UP != 0 || h.Attributes.NetDevGroup == nil || *h.Attributes.NetDevGroup != PendingGroup) {
+		t.Fatalf("after DEL host veth is up=%v group=%v, want down in PendingGroup", h.Flags&unix.IFF_UP != 0, h.Attributes.NetDevGroup)
+	}
 	if err := m.DelPod(p); err != nil {
 		t.Fatalf("second DEL: %v", err)
 	}
+	if err := m.Reap(); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := linkByName(c, p.HostVeth); ok {
+		t.Fatal("host veth still present after Reap")
+	}
+	c.Close()
 	if err := m.CheckPod(p); err == nil {
 		t.Fatal("check after delete passed")
 	}

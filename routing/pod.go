@@ -55,10 +55,8 @@ func (m *Manager) AddPod(p Pod) (links PodLinks, err error) {
 	}
 	defer nsf.Close()
 	defer pc.Close()
-	if _, ok, err := linkByName(pc, p.IfName); err != nil {
+	if err := m.ifNameFree(pc, p); err != nil {
 		return links, err
-	} else if ok {
-		return links, fmt.Errorf("%w: %s in %s", ErrLinkExists, p.IfName, p.NetNS)
 	}
 	c, err := m.dial()
 	if err != nil {
@@ -96,6 +94,24 @@ func (m *Manager) AddPod(p Pod) (links PodLinks, err error) {
 		HostVeth: p.HostVeth, HostMAC: host.Attributes.Address.String(),
 		PodMAC: pod.Attributes.Address.String(), PodIfName: p.IfName,
 	}, nil
+}
+
+// ifNameFree fails with ErrLinkExists if the pod already has IfName. A retired
+// pair waiting for the reaper (a DEL then ADD in the same namespace) is deleted
+// first, so it does not block the new attachment.
+func (m *Manager) ifNameFree(pc *rtnetlink.Conn, p Pod) error {
+	for attempt := 0; ; attempt++ {
+		_, ok, err := linkByName(pc, p.IfName)
+		if err != nil || !ok {
+			return err
+		}
+		if attempt > 0 {
+			return fmt.Errorf("%w: %s in %s", ErrLinkExists, p.IfName, p.NetNS)
+		}
+		if err := m.Reap(); err != nil {
+			return err
+		}
+	}
 }
 
 func removeStaleHostVeth(c *rtnetlink.Conn, p Pod) error {
@@ -194,9 +210,11 @@ func defaultRoute(index uint32, gw netip.Addr) *rtnetlink.RouteMessage {
 	}
 }
 
-// DelPod removes the attachment's veth pair. It succeeds when the pair or the
-// pod's namespace is already gone (CNI DEL must be idempotent) and refuses to
-// delete a host link that belongs to another attachment.
+// DelPod takes the attachment's veth pair out of service at once (host end down,
+// so the bridge stops forwarding to it) and leaves the deletion of the pair to
+// the reaper (see PendingGroup). It succeeds when the pair or the pod's
+// namespace is already gone (CNI DEL must be idempotent) and refuses to touch a
+// host link that belongs to another attachment.
 func (m *Manager) DelPod(p Pod) error {
 	c, err := m.dial()
 	if err != nil {
@@ -211,9 +229,10 @@ func (m *Manager) DelPod(p Pod) error {
 		if h.Attributes.Alias != nil && *h.Attributes.Alias != alias(p.ContainerID, p.IfName) {
 			return fmt.Errorf("host link %s belongs to another attachment (%s)", p.HostVeth, *h.Attributes.Alias)
 		}
-		if err := c.Link.Delete(h.Index); err != nil && !isNotFound(err) {
-			return fmt.Errorf("delete %s: %w", p.HostVeth, err)
+		if err := m.retire(h.Index); err != nil && !isNotFound(err) {
+			return fmt.Errorf("retire %s: %w", p.HostVeth, err)
 		}
+		m.scheduleReap()
 		return nil
 	}
 	if p.NetNS == "" {
@@ -238,7 +257,8 @@ func (m *Manager) DelPod(p Pod) error {
 	return nil
 }
 
-// ListHostLinks lists the host-side veths that carry a podnet alias.
+// ListHostLinks lists the host-side veths that carry a podnet alias and are in
+// service (retired ones waiting for the reaper are left out).
 func (m *Manager) ListHostLinks() ([]HostLink, error) {
 	c, err := m.dial()
 	if err != nil {
@@ -253,6 +273,9 @@ func (m *Manager) ListHostLinks() ([]HostLink, error) {
 	for _, l := range links {
 		if l.Attributes == nil || l.Attributes.Alias == nil {
 			continue
+		}
+		if g := l.Attributes.NetDevGroup; g != nil && *g == PendingGroup {
+			continue // already retired; the reaper deletes it
 		}
 		rest, ok := strings.CutPrefix(*l.Attributes.Alias, AliasPrefix)
 		i := strings.LastIndex(rest, "/")

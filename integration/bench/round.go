@@ -176,14 +176,22 @@ func (r *Round) checkAddresses(results []*current.Result) {
 // checkLeftovers requires the node's veths to be back to baseline and the
 // setup's own state to be empty.
 func (r *Round) checkLeftovers(ctx context.Context, s *Setup, baseline map[string]bool) {
-	now, err := vethNames(s.Node)
-	if err != nil {
-		r.problem("list veths after DEL: %w", err)
-	}
+	// podnet's DEL takes a pod off the bridge at once and deletes its veth in
+	// the background (one batched deletion per burst): wait for that, bounded.
 	var left []string
-	for name := range now {
-		if !baseline[name] {
-			left = append(left, name)
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		now, err := vethNames(s.Node)
+		if err != nil {
+			r.problem("list veths after DEL: %w", err)
+		}
+		left = left[:0]
+		for name := range now {
+			if !baseline[name] {
+				left = append(left, name)
+			}
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
 		}
 	}
 	if len(left) > 0 {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/podnet/podnet/daemon/api"
 	"github.com/podnet/podnet/integration/sandbox"
+	"github.com/podnet/podnet/routing"
 )
 
 // Options shape a lab.
@@ -226,8 +227,14 @@ func (l *Lab) Down(ctx context.Context) error {
 	return first
 }
 
-// PodLinks lists the host-side pod veths (podnet's "pn…" links) on the node.
-func (n *Node) PodLinks() ([]string, error) {
+// PodLinks lists the host-side pod veths (podnet's "pn…" links) in service on
+// the node, leaving out those a DEL retired that wait for podnet's reaper.
+func (n *Node) PodLinks() ([]string, error) { return n.podLinks(false) }
+
+// AllPodLinks lists every host-side pod veth, retired ones included.
+func (n *Node) AllPodLinks() ([]string, error) { return n.podLinks(true) }
+
+func (n *Node) podLinks(retired bool) ([]string, error) {
 	c, err := n.NS.Dial()
 	if err != nil {
 		return nil, err
@@ -239,9 +246,23 @@ func (n *Node) PodLinks() ([]string, error) {
 	}
 	var out []string
 	for _, l := range links {
-		if strings.HasPrefix(l.Attributes.Name, "pn") {
+		pending := l.Attributes.NetDevGroup != nil && *l.Attributes.NetDevGroup == routing.PendingGroup
+		if strings.HasPrefix(l.Attributes.Name, "pn") && (retired || !pending) {
 			out = append(out, l.Attributes.Name)
 		}
 	}
 	return out, nil
+}
+
+// WaitNoPodLinks waits up to 3 s for every pod veth, retired ones included, to
+// be gone, and returns those still there.
+func (n *Node) WaitNoPodLinks() ([]string, error) {
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		links, err := n.AllPodLinks()
+		if err != nil || len(links) == 0 || time.Now().After(deadline) {
+			return links, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -89,7 +89,7 @@ func (l *Lab) CheckNoLeaks(ctx context.Context) error {
 		} else if st.Allocations != 0 {
 			errs = append(errs, fmt.Errorf("%s: %d addresses still allocated", n.Name, st.Allocations))
 		}
-		links, err := n.PodLinks()
+		links, err := n.WaitNoPodLinks()
 		if err != nil {
 			errs = append(errs, err)
 		} else if len(links) > 0 {
