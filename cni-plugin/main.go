@@ -63,8 +63,7 @@ func call(command string) func(*skel.CmdArgs) error {
 		timeout := time.Duration(conf.TimeoutSeconds) * time.Second
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		client := api.NewClient(conf.Socket, timeout)
-		resp, err := client.CNI(ctx, api.CNIRequest{
+		resp, err := api.CallCNI(ctx, conf.Socket, timeout, api.CNIRequest{
 			Command: command, ContainerID: args.ContainerID, NetNS: args.Netns,
 			IfName: args.IfName, Args: args.Args, Path: args.Path, Config: args.StdinData,
 		})

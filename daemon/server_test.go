@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/podnet/podnet/daemon/api"
+	"github.com/podnet/podnet/daemon/client"
 )
 
 // post sends body to POST /v1/cni and decodes the reply into out.
@@ -161,7 +162,7 @@ func TestClientOverUnixSocket(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- td.serve(ctx, ln) }()
 
-	c := api.NewClient(td.cfg.Socket, 5*time.Second)
+	c := client.New(td.cfg.Socket, 5*time.Second)
 	s, err := c.Status(context.Background())
 	if err != nil || s.Node != "node-a" {
 		t.Errorf("Status = %+v, %v", s, err)
@@ -212,7 +213,7 @@ func TestClientUnreachable(t *testing.T) {
 	const timeout = 5 * time.Second
 	for _, socket := range []string{filepath.Join(dir, "missing.sock"), refused} {
 		t.Run(filepath.Base(socket), func(t *testing.T) {
-			c := api.NewClient(socket, timeout)
+			c := client.New(socket, timeout)
 			start := time.Now()
 			_, err := c.Status(context.Background())
 			took := time.Since(start)

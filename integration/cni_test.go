@@ -21,6 +21,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/podnet/podnet/daemon/api"
+	"github.com/podnet/podnet/daemon/client"
 	"github.com/podnet/podnet/integration/lab"
 	"github.com/podnet/podnet/integration/sandbox"
 )
@@ -154,7 +155,7 @@ func mustJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
 
 func allocations(t *testing.T, n *lab.Node) []api.Allocation {
 	t.Helper()
-	a, err := api.NewClient(n.Socket(), 5*time.Second).IPAM(context.Background())
+	a, err := client.New(n.Socket(), 5*time.Second).IPAM(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/podnet/podnet/daemon/api"
+	"github.com/podnet/podnet/daemon/client"
 )
 
 func main() {
@@ -41,7 +42,7 @@ func run(args []string, out io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	st, err := api.NewClient(*socket, *timeout).Status(ctx)
+	st, err := client.New(*socket, *timeout).Status(ctx)
 	if err != nil {
 		if errors.Is(err, api.ErrUnreachable) {
 			return fmt.Errorf("podnetd is not running or not reachable at %s (%w)", *socket, err)

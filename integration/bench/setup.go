@@ -13,7 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/podnet/podnet/daemon/api"
+	"github.com/podnet/podnet/daemon/client"
 	"github.com/podnet/podnet/integration/lab"
 	"github.com/podnet/podnet/integration/sandbox"
 )
@@ -57,7 +57,7 @@ func podnetSetup(l *lab.Lab) (*Setup, error) {
 	if err != nil {
 		return nil, fmt.Errorf("podnet conflist: %w", err)
 	}
-	client := api.NewClient(node.Socket(), 5*time.Second)
+	client := client.New(node.Socket(), 5*time.Second)
 	return &Setup{
 		Name: "podnet",
 		Tag:  "pn",

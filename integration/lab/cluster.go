@@ -20,7 +20,7 @@ import (
 	"github.com/jsimonetti/rtnetlink/v2/driver"
 	"golang.org/x/sys/unix"
 
-	"github.com/podnet/podnet/daemon/api"
+	"github.com/podnet/podnet/daemon/client"
 	"github.com/podnet/podnet/integration/sandbox"
 	"github.com/podnet/podnet/routing"
 )
@@ -196,7 +196,7 @@ func (l *Lab) StopDaemon(n *Node, sig syscall.Signal) {
 // WaitReady waits until the node's daemon reports ready and its conflist exists.
 func (l *Lab) WaitReady(ctx context.Context, n *Node) error {
 	deadline := time.Now().Add(15 * time.Second)
-	client := api.NewClient(n.Socket(), 2*time.Second)
+	client := client.New(n.Socket(), 2*time.Second)
 	var last error
 	for time.Now().Before(deadline) {
 		st, err := client.Status(ctx)

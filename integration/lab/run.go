@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/podnet/podnet/daemon/api"
+	"github.com/podnet/podnet/daemon/client"
 )
 
 // Run is the lab's main job: bring the cluster up, attach PodsPerNode pods to
@@ -83,7 +83,7 @@ func (l *Lab) DelAllPods(ctx context.Context) error {
 func (l *Lab) CheckNoLeaks(ctx context.Context) error {
 	var errs []error
 	for _, n := range l.Nodes {
-		st, err := api.NewClient(n.Socket(), 5*time.Second).Status(ctx)
+		st, err := client.New(n.Socket(), 5*time.Second).Status(ctx)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: status: %w", n.Name, err))
 		} else if st.Allocations != 0 {

@@ -1,20 +1,20 @@
-package api
+// Package client is the full HTTP client of podnetd's socket API, for podnetctl
+// and tests. The CNI plugin uses api.CallCNI instead, which avoids net/http to
+// keep the plugin's start-up (paid on every CNI call) small.
+package client
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"time"
-)
 
-// ErrUnreachable wraps every failure to reach the daemon at all (no socket,
-// connection refused, timeout), as opposed to an error the daemon returned.
-var ErrUnreachable = errors.New("podnetd unreachable")
+	"github.com/podnet/podnet/daemon/api"
+)
 
 // Client talks to podnetd over its unix socket. Every call is bounded by Timeout.
 type Client struct {
@@ -23,8 +23,8 @@ type Client struct {
 	http    *http.Client
 }
 
-// NewClient returns a client for the socket with the given total timeout per call.
-func NewClient(socket string, timeout time.Duration) *Client {
+// New returns a client for the socket with the given total timeout per call.
+func New(socket string, timeout time.Duration) *Client {
 	c := &Client{Socket: socket, Timeout: timeout}
 	c.http = &http.Client{
 		Timeout: timeout,
@@ -41,8 +41,8 @@ func NewClient(socket string, timeout time.Duration) *Client {
 
 // CNI sends one CNI call. A CNI error from the daemon comes back as *Error; a
 // failure to reach it wraps ErrUnreachable.
-func (c *Client) CNI(ctx context.Context, req CNIRequest) (*CNIResponse, error) {
-	var resp CNIResponse
+func (c *Client) CNI(ctx context.Context, req api.CNIRequest) (*api.CNIResponse, error) {
+	var resp api.CNIResponse
 	if err := c.do(ctx, http.MethodPost, "/v1/cni", req, &resp); err != nil {
 		return nil, err
 	}
@@ -50,8 +50,8 @@ func (c *Client) CNI(ctx context.Context, req CNIRequest) (*CNIResponse, error) 
 }
 
 // Status fetches the daemon's status.
-func (c *Client) Status(ctx context.Context) (*Status, error) {
-	var s Status
+func (c *Client) Status(ctx context.Context) (*api.Status, error) {
+	var s api.Status
 	if err := c.do(ctx, http.MethodGet, "/v1/status", nil, &s); err != nil {
 		return nil, err
 	}
@@ -59,8 +59,8 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 }
 
 // IPAM lists the daemon's address allocations.
-func (c *Client) IPAM(ctx context.Context) ([]Allocation, error) {
-	var out []Allocation
+func (c *Client) IPAM(ctx context.Context) ([]api.Allocation, error) {
+	var out []api.Allocation
 	if err := c.do(ctx, http.MethodGet, "/v1/ipam", nil, &out); err != nil {
 		return nil, err
 	}
@@ -83,17 +83,17 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.Socket, err)
+		return fmt.Errorf("%w at %s: %w", api.ErrUnreachable, c.Socket, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
-		return fmt.Errorf("%w at %s: read response: %w", ErrUnreachable, c.Socket, err)
+		return fmt.Errorf("%w at %s: read response: %w", api.ErrUnreachable, c.Socket, err)
 	}
 	if resp.StatusCode/100 != 2 {
-		e := &Error{}
+		e := &api.Error{}
 		if json.Unmarshal(data, e) != nil || e.Msg == "" {
-			return &Error{Code: 999, Msg: fmt.Sprintf("podnetd: HTTP %d", resp.StatusCode), Details: string(data)}
+			return &api.Error{Code: 999, Msg: fmt.Sprintf("podnetd: HTTP %d", resp.StatusCode), Details: string(data)}
 		}
 		return e
 	}
