@@ -211,6 +211,8 @@ func TestPodAttachDetach(t *testing.T) {
 		t.Fatalf("second ADD: err = %v, want ErrLinkExists", err)
 	}
 	assertHairpin(t, node, p.HostVeth)
+	assertNoIPv6(t, podNS, "eth0")
+	assertNoIPv6(t, node, p.HostVeth)
 	// A real TCP connection from the pod to the node through the bridge.
 	if got := tcpSource(t, node, podNS, "10.244.1.1:7001"); got != "10.244.1.2" {
 		t.Fatalf("node saw client %s, want 10.244.1.2", got)
@@ -291,4 +293,28 @@ func tcpSource(t *testing.T, srv, cli *sandbox.NetNS, addr string) string {
 	}
 	conn.Close()
 	return <-seen
+}
+
+// assertNoIPv6 checks an IPv4-only attachment got no IPv6 link-local address
+// (addrgenmode none), so it sends no solicitations over the bridge.
+func assertNoIPv6(t *testing.T, ns *sandbox.NetNS, name string) {
+	t.Helper()
+	c, err := ns.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	l, ok, err := linkByName(c, name)
+	if err != nil || !ok {
+		t.Fatalf("%s: %v", name, err)
+	}
+	addrs, err := c.Address.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if a.Index == l.Index && a.Family == unix.AF_INET6 {
+			t.Fatalf("%s has IPv6 address %s", name, a.Attributes.Address)
+		}
+	}
 }

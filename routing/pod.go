@@ -82,11 +82,11 @@ func (m *Manager) AddPod(p Pod) (links PodLinks, err error) {
 			}
 		}
 	}()
-	host, err := setupHost(c, p, br.Index)
+	host, err := setupHost(c, m.netnsFd, p, br.Index)
 	if err != nil {
 		return links, err
 	}
-	pod, err := setupPodSide(pc, p)
+	pod, err := setupPodSide(pc, int(nsf.Fd()), p)
 	if err != nil {
 		return links, err
 	}
@@ -155,7 +155,7 @@ func createVeth(c *rtnetlink.Conn, p Pod, podNSFd int) error {
 
 // setupHost tags the host end with its owner, joins it to the bridge with
 // hairpin on (a pod reaching itself through a service VIP) and sets it up.
-func setupHost(c *rtnetlink.Conn, p Pod, bridge uint32) (rtnetlink.LinkMessage, error) {
+func setupHost(c *rtnetlink.Conn, fd int, p Pod, bridge uint32) (rtnetlink.LinkMessage, error) {
 	h, ok, err := linkByName(c, p.HostVeth)
 	if err != nil || !ok {
 		return h, fmt.Errorf("host veth %s missing after create: %v", p.HostVeth, err)
@@ -175,13 +175,18 @@ func setupHost(c *rtnetlink.Conn, p Pod, bridge uint32) (rtnetlink.LinkMessage, 
 	if err := c.Link.SetMaster(h.Index, bridge, &driver.BridgePort{Mode: &on}); err != nil {
 		return h, fmt.Errorf("hairpin on %s: %w", p.HostVeth, err)
 	}
+	// A bridge port needs no IPv6 address of its own; without one the kernel
+	// sends no solicitations that the bridge would flood to every pod.
+	if err := noLinkLocal(fd, h.Index); err != nil {
+		return h, fmt.Errorf("%s: %w", p.HostVeth, err)
+	}
 	if err := setUp(c, h); err != nil {
 		return h, fmt.Errorf("set %s up: %w", p.HostVeth, err)
 	}
 	return h, nil
 }
 
-func setupPodSide(pc *rtnetlink.Conn, p Pod) (rtnetlink.LinkMessage, error) {
+func setupPodSide(pc *rtnetlink.Conn, podFd int, p Pod) (rtnetlink.LinkMessage, error) {
 	l, ok, err := linkByName(pc, p.IfName)
 	if err != nil || !ok {
 		return l, fmt.Errorf("pod link %s missing after create: %v", p.IfName, err)
@@ -189,6 +194,13 @@ func setupPodSide(pc *rtnetlink.Conn, p Pod) (rtnetlink.LinkMessage, error) {
 	for _, a := range p.Addrs {
 		if err := pc.Address.New(addrMsg(l.Index, a)); err != nil && !isExist(err) {
 			return l, fmt.Errorf("add %s to %s: %w", a, p.IfName, err)
+		}
+	}
+	if !slices.ContainsFunc(p.Addrs, func(a netip.Prefix) bool { return a.Addr().Is6() }) {
+		// IPv4-only pod: no IPv6 link-local, so no DAD, router or MLD
+		// solicitations flooded over the bridge on every pod start.
+		if err := noLinkLocal(podFd, l.Index); err != nil {
+			return l, fmt.Errorf("%s: %w", p.IfName, err)
 		}
 	}
 	if err := setUp(pc, l); err != nil {

@@ -60,9 +60,21 @@ func (m *Manager) scheduleReap() {
 // encode IFLA_GROUP): RTM_NEWLINK on index sets flags/change and the group;
 // RTM_DELLINK with index 0 deletes the whole group.
 func (m *Manager) rawLink(typ netlink.HeaderType, index, flags, change uint32) error {
+	ae := netlink.NewAttributeEncoder()
+	ae.Uint32(unix.IFLA_GROUP, PendingGroup)
+	err := rawLinkMsg(m.netnsFd, typ, index, flags, change, ae)
+	if err != nil && !(typ == unix.RTM_DELLINK && isNotFound(err)) {
+		return fmt.Errorf("link group %#x: %w", PendingGroup, err)
+	}
+	return nil
+}
+
+// rawLinkMsg sends one ifinfomsg with the given attributes in the namespace fd
+// (fd < 0: the process's own) and waits for the kernel's acknowledgement.
+func rawLinkMsg(fd int, typ netlink.HeaderType, index, flags, change uint32, ae *netlink.AttributeEncoder) error {
 	cfg := &netlink.Config{}
-	if m.netnsFd >= 0 {
-		cfg.NetNS = m.netnsFd
+	if fd >= 0 {
+		cfg.NetNS = fd
 	}
 	c, err := netlink.Dial(unix.NETLINK_ROUTE, cfg)
 	if err != nil {
@@ -74,8 +86,6 @@ func (m *Manager) rawLink(typ netlink.HeaderType, index, flags, change uint32) e
 	binary.NativeEndian.PutUint32(ifi[4:8], index)
 	binary.NativeEndian.PutUint32(ifi[8:12], flags)
 	binary.NativeEndian.PutUint32(ifi[12:16], change)
-	ae := netlink.NewAttributeEncoder()
-	ae.Uint32(unix.IFLA_GROUP, PendingGroup)
 	attrs, err := ae.Encode()
 	if err != nil {
 		return err
@@ -84,8 +94,25 @@ func (m *Manager) rawLink(typ netlink.HeaderType, index, flags, change uint32) e
 		Header: netlink.Header{Type: typ, Flags: netlink.Request | netlink.Acknowledge},
 		Data:   append(ifi, attrs...),
 	})
-	if err != nil && !(typ == unix.RTM_DELLINK && isNotFound(err)) {
-		return fmt.Errorf("link group %#x: %w", PendingGroup, err)
+	return err
+}
+
+// noLinkLocal stops the kernel from giving the link an IPv6 link-local address
+// (addrgenmode none). Must be applied while the link is down.
+func noLinkLocal(fd int, index uint32) error {
+	ae := netlink.NewAttributeEncoder()
+	ae.Nested(unix.IFLA_AF_SPEC, func(nae *netlink.AttributeEncoder) error {
+		nae.Nested(unix.AF_INET6, func(v6 *netlink.AttributeEncoder) error {
+			v6.Uint8(unix.IFLA_INET6_ADDR_GEN_MODE, in6AddrGenModeNone)
+			return nil
+		})
+		return nil
+	})
+	if err := rawLinkMsg(fd, unix.RTM_NEWLINK, index, 0, 0, ae); err != nil {
+		return fmt.Errorf("addrgenmode none: %w", err)
 	}
 	return nil
 }
+
+// in6AddrGenModeNone is IN6_ADDR_GEN_MODE_NONE from linux/if_link.h.
+const in6AddrGenModeNone = 1
