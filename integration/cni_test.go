@@ -46,16 +46,6 @@ func confList(t *testing.T, n *lab.Node, version string) *libcni.NetworkConfigLi
 	return list
 }
 
-func podNS(t *testing.T, name string) *sandbox.NetNS {
-	t.Helper()
-	ns, err := sandbox.NewNetNS(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Delete() })
-	return ns
-}
-
 // eth0Addrs returns the IPv4 addresses on eth0 inside ns.
 func eth0Addrs(t *testing.T, ns *sandbox.NetNS) []string {
 	t.Helper()
@@ -88,7 +78,7 @@ func TestCNIVersions(t *testing.T) {
 	for i, v := range []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
 		t.Run(v, func(t *testing.T) {
 			list := confList(t, n, v)
-			ns := podNS(t, fmt.Sprintf("ver%d", i))
+			ns := sandbox.TestNetNS(t, fmt.Sprintf("ver%d", i))
 			rt := &libcni.RuntimeConf{ContainerID: "ver-" + v, NetNS: ns.Path, IfName: "eth0"}
 			res, err := l.CNI().AddNetworkList(ctx, list, rt)
 			if err != nil {
@@ -171,7 +161,7 @@ func TestCNIErrorsAndLifecycle(t *testing.T) {
 	list := confList(t, n, "1.1.0")
 	var rts []*libcni.RuntimeConf
 	for i := range 3 {
-		ns := podNS(t, fmt.Sprintf("life%d", i))
+		ns := sandbox.TestNetNS(t, fmt.Sprintf("life%d", i))
 		rt := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("life-%d", i), NetNS: ns.Path, IfName: "eth0"}
 		if _, err := l.CNI().AddNetworkList(ctx, list, rt); err != nil {
 			t.Fatal(err)

@@ -57,7 +57,7 @@ func TestConcurrentAdds(t *testing.T) {
 	var rts []*libcni.RuntimeConf
 	var nss []*sandbox.NetNS
 	for i := range 50 {
-		ns := podNS(t, fmt.Sprintf("conc%d", i))
+		ns := sandbox.TestNetNS(t, fmt.Sprintf("conc%d", i))
 		nss = append(nss, ns)
 		rts = append(rts, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("conc-%d", i), NetNS: ns.Path, IfName: "eth0"})
 	}
@@ -103,7 +103,7 @@ func TestAddDelCycles(t *testing.T) {
 	var wg sync.WaitGroup
 	errc := make(chan error, workers)
 	for w := range workers {
-		ns := podNS(t, fmt.Sprintf("cyc%d", w))
+		ns := sandbox.TestNetNS(t, fmt.Sprintf("cyc%d", w))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -157,14 +157,14 @@ func TestKillDuringAddBurst(t *testing.T) {
 	n := l.Nodes[0]
 	list := confList(t, n, "1.1.0")
 	// A pod attached before the crash.
-	pre := podNS(t, "prekill")
+	pre := sandbox.TestNetNS(t, "prekill")
 	preRT := &libcni.RuntimeConf{ContainerID: "pre", NetNS: pre.Path, IfName: "eth0"}
 	if _, err := l.CNI().AddNetworkList(context.Background(), list, preRT); err != nil {
 		t.Fatal(err)
 	}
 	var rts []*libcni.RuntimeConf
 	for i := range 60 {
-		ns := podNS(t, fmt.Sprintf("kill%d", i))
+		ns := sandbox.TestNetNS(t, fmt.Sprintf("kill%d", i))
 		rts = append(rts, &libcni.RuntimeConf{ContainerID: fmt.Sprintf("kill-%d", i), NetNS: ns.Path, IfName: "eth0"})
 	}
 	// Kill once 10 to 20 addresses are persisted: the burst is then mid-way

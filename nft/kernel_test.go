@@ -19,21 +19,6 @@ import (
 
 func TestMain(m *testing.M) { sandbox.Main(m) }
 
-// newNetNS creates a namespace for one test and deletes it when the test ends.
-func newNetNS(t *testing.T, name string) *sandbox.NetNS {
-	t.Helper()
-	ns, err := sandbox.NewNetNS(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := ns.Delete(); err != nil {
-			t.Errorf("delete netns: %v", err)
-		}
-	})
-	return ns
-}
-
 // newTable returns a Table programming ns.
 func newTable(t *testing.T, ns *sandbox.NetNS) *Table {
 	t.Helper()
@@ -127,7 +112,7 @@ func ruleHandles(t *testing.T, ns *sandbox.NetNS) []string {
 
 func TestTableSync(t *testing.T) {
 	sandbox.Require(t)
-	ns := newNetNS(t, "nft-sync")
+	ns := sandbox.TestNetNS(t, "nft-sync")
 	tbl := newTable(t, ns)
 
 	steps := []struct {
@@ -184,7 +169,7 @@ func TestTableSync(t *testing.T) {
 // (here by nft, without rule tags) is replaced whole; other tables stay.
 func TestTableReplacesForeignLayout(t *testing.T) {
 	sandbox.Require(t)
-	ns := newNetNS(t, "nft-layout")
+	ns := sandbox.TestNetNS(t, "nft-layout")
 	const other = "table inet other {\n\tchain c {\n\t\ttype filter hook forward priority filter; policy accept;\n\t}\n}\n"
 	old := strings.Replace(Render(dualStack), "masquerade fully-random", "masquerade", 1)
 	if _, err := runNft(ns, other+old, "-f", "-"); err != nil {
@@ -207,7 +192,7 @@ func TestTableReplacesForeignLayout(t *testing.T) {
 
 func TestTableSkipsInvalid(t *testing.T) {
 	sandbox.Require(t)
-	ns := newNetNS(t, "nft-invalid")
+	ns := sandbox.TestNetNS(t, "nft-invalid")
 	tbl := newTable(t, ns)
 	s := State{
 		ClusterCIDRs: append(prefixes("10.244.1.0/24", "10.244.2.7/24"), netip.Prefix{}),
@@ -227,7 +212,7 @@ func TestTableSkipsInvalid(t *testing.T) {
 // TestTableLargeState applies a batch larger than the default socket buffer.
 func TestTableLargeState(t *testing.T) {
 	sandbox.Require(t)
-	ns := newNetNS(t, "nft-large")
+	ns := sandbox.TestNetNS(t, "nft-large")
 	tbl := newTable(t, ns)
 	var s State
 	for i := range 3000 {

@@ -21,8 +21,8 @@ import (
 // connection. peer routes back through node and must see the pod's own address.
 func TestMasqueradeTraffic(t *testing.T) {
 	sandbox.Require(t)
-	pod, node := newNetNS(t, "mq-pod"), newNetNS(t, "mq-node")
-	ext, peer := newNetNS(t, "mq-ext"), newNetNS(t, "mq-peer")
+	pod, node := sandbox.TestNetNS(t, "mq-pod"), sandbox.TestNetNS(t, "mq-node")
+	ext, peer := sandbox.TestNetNS(t, "mq-ext"), sandbox.TestNetNS(t, "mq-peer")
 	veth(t, node, "to-pod", pod, "eth0")
 	veth(t, node, "to-ext", ext, "eth0")
 	veth(t, node, "to-peer", peer, "eth0")

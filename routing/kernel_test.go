@@ -17,21 +17,11 @@ import (
 
 func TestMain(m *testing.M) { sandbox.Main(m) }
 
-func newNS(t *testing.T, name string) *sandbox.NetNS {
-	t.Helper()
-	ns, err := sandbox.NewNetNS(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Delete() })
-	return ns
-}
-
 // nodeWithUplink makes a node namespace whose eth0 (a veth to a throwaway peer
 // inside the same namespace) holds addr, so gateways in its subnet resolve.
 func nodeWithUplink(t *testing.T, name string, addr netip.Prefix) (*sandbox.NetNS, *Manager) {
 	t.Helper()
-	ns := newNS(t, name)
+	ns := sandbox.TestNetNS(t, name)
 	c, err := ns.Dial()
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +181,7 @@ func TestPodAttachDetach(t *testing.T) {
 	if err := m.EnsureBridge(Bridge{Name: "podnet0", Gateways: []netip.Prefix{gw}, MTU: 1500}); err != nil {
 		t.Fatal(err)
 	}
-	podNS := newNS(t, "pod-a")
+	podNS := sandbox.TestNetNS(t, "pod-a")
 	p := Pod{
 		ContainerID: "ctr-a", NetNS: podNS.Path, IfName: "eth0", HostVeth: HostVethName("ctr-a", "eth0"),
 		Bridge: "podnet0", MTU: 1500,

@@ -18,9 +18,10 @@ import (
 // NetNS is a named network namespace bind-mounted under /run/netns, like one made by
 // `ip netns add`. Its File stays open until Delete.
 type NetNS struct {
-	Name string
-	Path string
-	File *os.File
+	Name    string
+	Path    string
+	File    *os.File
+	deleted bool
 }
 
 // Fd returns the namespace's file descriptor, for netlink handles bound to it.
@@ -84,8 +85,13 @@ func bindNewNetNS(path string) error {
 	return <-errc
 }
 
-// Delete unmounts and removes the namespace. Processes still inside keep it alive.
+// Delete unmounts and removes the namespace. Processes still inside keep it
+// alive. Deleting it again is a no-op.
 func (n *NetNS) Delete() error {
+	if n.deleted {
+		return nil
+	}
+	n.deleted = true
 	n.File.Close()
 	if err := unix.Unmount(n.Path, unix.MNT_DETACH); err != nil {
 		return fmt.Errorf("netns %s: unmount: %w", n.Name, err)

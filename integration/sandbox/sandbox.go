@@ -109,3 +109,19 @@ func Require(t testing.TB) {
 		t.Fatal("kernel test outside a sandbox: call sandbox.Main from TestMain")
 	}
 }
+
+// TestNetNS creates the named namespace for one test, failing the test if it
+// cannot, and deletes it when the test ends (reporting a failed delete).
+func TestNetNS(t testing.TB, name string) *NetNS {
+	t.Helper()
+	ns, err := NewNetNS(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := ns.Delete(); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	return ns
+}
