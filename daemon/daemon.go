@@ -157,11 +157,14 @@ func (d *Daemon) watchFile(ctx context.Context, last []byte) {
 		case <-t.C:
 		}
 		data, err := os.ReadFile(d.cfg.ClusterFile)
-		if err != nil || slices.Equal(data, last) {
-			if err != nil && !slices.Equal(last, nil) {
+		if err != nil {
+			if len(last) > 0 { // warn once; the file is re-parsed when it is back
 				d.log.Warn("cluster file unreadable; keeping last good state", zap.Error(err))
 				last = nil
 			}
+			continue
+		}
+		if slices.Equal(data, last) {
 			continue
 		}
 		last = data

@@ -30,11 +30,19 @@ func (m *Manager) dial() (*rtnetlink.Conn, error) {
 	return dialNS(m.netnsFd)
 }
 
-func dialNS(fd int) (*rtnetlink.Conn, error) {
-	cfg := &netlink.Config{Strict: true}
+// nsConfig is a netlink config bound to the namespace fd (fd < 0: the
+// process's own).
+func nsConfig(fd int) *netlink.Config {
+	cfg := &netlink.Config{}
 	if fd >= 0 {
 		cfg.NetNS = fd
 	}
+	return cfg
+}
+
+func dialNS(fd int) (*rtnetlink.Conn, error) {
+	cfg := nsConfig(fd)
+	cfg.Strict = true
 	c, err := rtnetlink.Dial(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("rtnetlink dial: %w", err)

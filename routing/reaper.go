@@ -72,11 +72,7 @@ func (m *Manager) rawLink(typ netlink.HeaderType, index, flags, change uint32) e
 // rawLinkMsg sends one ifinfomsg with the given attributes in the namespace fd
 // (fd < 0: the process's own) and waits for the kernel's acknowledgement.
 func rawLinkMsg(fd int, typ netlink.HeaderType, index, flags, change uint32, ae *netlink.AttributeEncoder) error {
-	cfg := &netlink.Config{}
-	if fd >= 0 {
-		cfg.NetNS = fd
-	}
-	c, err := netlink.Dial(unix.NETLINK_ROUTE, cfg)
+	c, err := netlink.Dial(unix.NETLINK_ROUTE, nsConfig(fd))
 	if err != nil {
 		return fmt.Errorf("netlink dial: %w", err)
 	}

@@ -42,11 +42,9 @@ func (m *Manager) MTUOf(addr netip.Addr) (int, error) {
 // work: a podnet route deleted, an address deleted, or a link of the given name
 // changed or deleted. It returns when ctx ends or the subscription fails.
 func (m *Manager) Watch(ctx context.Context, bridge string, notify func()) error {
-	cfg := &netlink.Config{Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR |
-		unix.RTMGRP_IPV4_ROUTE | unix.RTMGRP_IPV6_ROUTE}
-	if m.netnsFd >= 0 {
-		cfg.NetNS = m.netnsFd
-	}
+	cfg := nsConfig(m.netnsFd)
+	cfg.Groups = unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR |
+		unix.RTMGRP_IPV4_ROUTE | unix.RTMGRP_IPV6_ROUTE
 	c, err := rtnetlink.Dial(cfg)
 	if err != nil {
 		return fmt.Errorf("subscribe to rtnetlink: %w", err)
