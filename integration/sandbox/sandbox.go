@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
 	"testing"
 
@@ -50,7 +51,26 @@ func Enter() (reexeced bool, code int, err error) {
 		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
 		Pdeathsig:  syscall.SIGKILL,
 	}
-	err = cmd.Run()
+	// The child cleans up on SIGINT/SIGTERM (its work dir, its daemons); pass
+	// those signals on rather than dying and letting Pdeathsig kill it mid-way.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	if err = cmd.Start(); err == nil {
+		done := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case s := <-sigs:
+					_ = cmd.Process.Signal(s)
+				case <-done:
+					return
+				}
+			}
+		}()
+		err = cmd.Wait()
+		close(done)
+	}
 	var exitErr *exec.ExitError
 	switch {
 	case err == nil:
