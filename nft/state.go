@@ -17,11 +17,29 @@ import (
 type State struct {
 	ClusterCIDRs []netip.Prefix // every node's podCIDRs, IPv4 and IPv6 mixed
 	NodeIPs      []netip.Addr   // every node's addresses, IPv4 and IPv6 mixed
+
+	// NodeName is this node's name: Local traffic policies keep the endpoints
+	// whose NodeName equals it.
+	NodeName string
+	// LocalIPs are this node's own addresses (a subset of NodeIPs).
+	LocalIPs []netip.Addr
+	// Services are load-balanced by the table; see Service.
+	Services []Service
 }
 
 // Clone returns a deep copy of s.
 func (s State) Clone() State {
-	return State{ClusterCIDRs: slices.Clone(s.ClusterCIDRs), NodeIPs: slices.Clone(s.NodeIPs)}
+	c := State{
+		ClusterCIDRs: slices.Clone(s.ClusterCIDRs), NodeIPs: slices.Clone(s.NodeIPs),
+		NodeName: s.NodeName, LocalIPs: slices.Clone(s.LocalIPs),
+	}
+	if s.Services != nil {
+		c.Services = make([]Service, len(s.Services))
+		for i, svc := range s.Services {
+			c.Services[i] = svc.Clone()
+		}
+	}
+	return c
 }
 
 // ErrInvalid is matched by errors.Is for every error that reports skipped invalid
