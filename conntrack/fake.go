@@ -1,0 +1,64 @@
+package conntrack
+
+import (
+	"slices"
+	"sync"
+)
+
+// Fake is an in-memory Interface for tests of code that deletes entries. It
+// holds a table of entries, empty in the zero value, that Delete removes from
+// as Table.Delete would, and it records every call. Methods are safe for
+// concurrent use.
+type Fake struct {
+	// DeleteErr, when set, is returned by Delete, which then records the call
+	// but deletes nothing.
+	DeleteErr error
+
+	mu      sync.Mutex
+	entries []Entry
+	calls   [][]Filter
+}
+
+// Add puts entries into the fake table.
+func (f *Fake) Add(entries ...Entry) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.entries = append(f.entries, entries...)
+}
+
+// Entries returns a copy of the entries in the fake table, in the order added.
+func (f *Fake) Entries() []Entry {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.entries)
+}
+
+// Delete records a copy of filters, then, like Table.Delete, rejects invalid
+// filters with an error matching ErrInvalidFilter and otherwise removes the
+// entries that match any filter and returns their count.
+func (f *Fake) Delete(filters []Filter) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, slices.Clone(filters))
+	if f.DeleteErr != nil {
+		return 0, f.DeleteErr
+	}
+	if err := validate(filters); err != nil {
+		return 0, err
+	}
+	n := len(f.entries)
+	f.entries = slices.DeleteFunc(f.entries, func(e Entry) bool { return matchAny(filters, e) })
+	return n - len(f.entries), nil
+}
+
+// Calls returns a copy of the filters of every Delete call, in call order,
+// including calls that failed.
+func (f *Fake) Calls() [][]Filter {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([][]Filter, len(f.calls))
+	for i, c := range f.calls {
+		out[i] = slices.Clone(c)
+	}
+	return out
+}
