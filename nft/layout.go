@@ -2,8 +2,11 @@ package nft
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
@@ -19,7 +22,7 @@ const (
 
 	// layoutVersion tags every rule (see ruleTag). Bump it whenever a set, the
 	// chain or a rule changes.
-	layoutVersion = 1
+	layoutVersion = 2
 
 	setClusterCIDRs4 = "cluster-cidrs-v4"
 	setClusterCIDRs6 = "cluster-cidrs-v6"
@@ -29,40 +32,95 @@ const (
 	chainPostrouting = "postrouting"
 )
 
-// setSpec describes one named set of the table.
+// setSpec describes one named set or map of the table.
 type setSpec struct {
 	name     string
 	keyType  nftables.SetDatatype
 	interval bool // holds prefixes (desired.prefixes), else addresses (desired.addrs)
+	// Service sets: their elements come from svcDesired.
+	svc      bool
+	dataType *nftables.SetDatatype // a map: its data type (TypeVerdict for a verdict map)
+	typeText string                // the type line nft lists
 }
 
 // setSpecs lists the sets in the order they are created, which is the order
 // `nft list table` prints them.
-var setSpecs = []setSpec{
+var setSpecs = slices.Concat([]setSpec{
 	{name: setClusterCIDRs4, keyType: nftables.TypeIPAddr, interval: true},
 	{name: setClusterCIDRs6, keyType: nftables.TypeIP6Addr, interval: true},
 	{name: setNodeIPs4, keyType: nftables.TypeIPAddr},
 	{name: setNodeIPs6, keyType: nftables.TypeIP6Addr},
-}
+}, svcSetSpecs(families[0]), svcSetSpecs(families[1]))
 
 // newSet returns the set for spec, to be added to table.
 func (spec setSpec) newSet(table *nftables.Table) *nftables.Set {
-	return &nftables.Set{Table: table, Name: spec.name, KeyType: spec.keyType, Interval: spec.interval}
+	s := &nftables.Set{Table: table, Name: spec.name, KeyType: spec.keyType, Interval: spec.interval}
+	if spec.svc {
+		s.Concatenation = strings.Contains(spec.keyType.Name, " . ")
+		if spec.dataType != nil {
+			s.IsMap, s.DataType = true, *spec.dataType
+		}
+	}
+	return s
 }
 
-// chainSpec describes the one base chain: type nat hook postrouting priority
-// srcnat; policy accept.
-var chainSpec = nftables.Chain{
-	Name:     chainPostrouting,
-	Type:     nftables.ChainTypeNAT,
-	Hooknum:  nftables.ChainHookPostrouting,
-	Priority: nftables.ChainPriorityNATSource,
-	Policy:   ptr(nftables.ChainPolicyAccept),
+// chainDef describes one chain of the fixed layout and its rules.
+type chainDef struct {
+	chain  nftables.Chain // Hooknum nil: a regular chain
+	header string         // the base chain's "type … policy …;" line as nft lists it
+	rules  func() []ruleSpec
+}
+
+// chainDefs lists the fixed chains in the order they are created and listed.
+var chainDefs = []chainDef{
+	{
+		chain: nftables.Chain{Name: chainPrerouting, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting,
+			Priority: nftables.ChainPriorityNATDest, Policy: ptr(nftables.ChainPolicyAccept)},
+		header: "type nat hook prerouting priority dstnat; policy accept;",
+		rules:  func() []ruleSpec { return []ruleSpec{jumpServices("prerouting")} },
+	},
+	{
+		chain: nftables.Chain{Name: chainOutput, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput,
+			Priority: nftables.ChainPriorityNATDest, Policy: ptr(nftables.ChainPolicyAccept)},
+		header: "type nat hook output priority -100; policy accept;",
+		rules:  func() []ruleSpec { return []ruleSpec{jumpServices("output")} },
+	},
+	{
+		chain: nftables.Chain{Name: chainPostrouting, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting,
+			Priority: nftables.ChainPriorityNATSource, Policy: ptr(nftables.ChainPolicyAccept)},
+		header: "type nat hook postrouting priority srcnat; policy accept;",
+		rules:  func() []ruleSpec { return postroutingRules },
+	},
+	{
+		chain: nftables.Chain{Name: chainServices},
+		rules: func() []ruleSpec {
+			return slices.Concat(serviceRules(famOf(families[0])), serviceRules(famOf(families[1])))
+		},
+	},
+	{
+		chain: nftables.Chain{Name: chainNoEndpoints},
+		rules: func() []ruleSpec {
+			return []ruleSpec{{role: "no-endpoints", text: "reject", exprs: func(map[string]*nftables.Set) []expr.Any {
+				// reject
+				return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}}
+			}}}
+		},
+	},
+}
+
+func jumpServices(from string) ruleSpec {
+	return ruleSpec{role: from + "-services", text: "jump " + chainServices, exprs: func(map[string]*nftables.Set) []expr.Any {
+		// jump services
+		return []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainServices}}
+	}}
 }
 
 func ptr[T any](v T) *T { return &v }
 
-// ruleSpec describes one rule of the postrouting chain.
+// ctStatusDNAT is conntrack's IPS_DST_NAT status bit.
+const ctStatusDNAT = 1 << 5
+
+// ruleSpec describes one rule.
 type ruleSpec struct {
 	role  string                                         // names the rule in its tag
 	text  string                                         // the rule as `nft list` prints it
@@ -110,6 +168,46 @@ var postroutingRules = []ruleSpec{
 			}
 		},
 	},
+	{
+		role: "masquerade-marked",
+		text: fmt.Sprintf("meta mark & 0x%08x == 0x%08x masquerade fully-random", masqMark, masqMark),
+		exprs: func(map[string]*nftables.Set) []expr.Any {
+			// meta mark & 0x00004000 == 0x00004000 masquerade fully-random
+			return []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(masqMark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(masqMark)},
+				&expr.Masq{FullyRandom: true},
+			}
+		},
+	},
+	hairpinRule(famOf(families[0])),
+	hairpinRule(famOf(families[1])),
+}
+
+// hairpinRule masquerades a pod that reached itself through a service, so that
+// it sees the reply come from another address than its own.
+func hairpinRule(f fam) ruleSpec {
+	return ruleSpec{
+		role: "hairpin-" + f.suffix,
+		text: fmt.Sprintf("ct status dnat %s saddr . %s daddr @%s masquerade fully-random", f.ipText, f.ipText, f.name(setHairpin)),
+		exprs: func(sets map[string]*nftables.Set) []expr.Any {
+			r := regs(int(f.addrLen), int(f.addrLen))
+			// ct status dnat ip saddr . ip daddr @hairpin-v4 masquerade fully-random
+			return concat([]expr.Any{
+				&expr.Ct{Key: expr.CtKeySTATUS, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+					Mask: binaryutil.NativeEndian.PutUint32(ctStatusDNAT), Xor: binaryutil.NativeEndian.PutUint32(0)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+			}, f.isFamily(), []expr.Any{
+				f.load(f.saddr, r[0]),
+				f.load(f.daddr, r[1]),
+				lookup(sets[f.name(setHairpin)], false),
+				&expr.Masq{FullyRandom: true},
+			})
+		},
+	}
 }
 
 // udataTypeTag is the userdata TLV type that carries podnet's rule tag. nft reads

@@ -1,7 +1,9 @@
 package nft
 
 import (
+	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -20,30 +22,58 @@ func (d desired) render() string {
 	var b strings.Builder
 	b.WriteString("table inet " + TableName + " {\n")
 	for _, spec := range setSpecs {
-		b.WriteString("\tset " + spec.name + " {\n")
-		b.WriteString("\t\ttype " + spec.keyType.Name + "\n")
-		var elems []string
+		kind, typ := "set", spec.keyType.Name
+		if spec.svc {
+			typ = spec.typeText
+			if spec.dataType != nil {
+				kind = "map"
+			}
+		}
+		b.WriteString("\t" + kind + " " + spec.name + " {\n")
+		b.WriteString("\t\ttype " + typ + "\n")
 		if spec.interval {
 			b.WriteString("\t\tflags interval\n")
+		}
+		var elems []string
+		switch {
+		case spec.svc:
+			for _, e := range d.svc.elems[spec.name] {
+				elems = append(elems, e.text)
+			}
+		case spec.interval:
 			for _, p := range d.prefixes[spec.name] {
 				elems = append(elems, formatPrefix(p))
 			}
-		} else {
+		default:
 			for _, a := range d.addrs[spec.name] {
 				elems = append(elems, formatAddr(a))
 			}
 		}
 		if len(elems) > 0 {
-			b.WriteString("\t\telements = " + formatElements(elems, spec.keyType.Bytes == 4) + "\n")
+			// Only plain IPv4 address sets print two elements per line.
+			b.WriteString("\t\telements = " + formatElements(elems, spec.keyType.Name == "ipv4_addr") + "\n")
 		}
 		b.WriteString("\t}\n\n")
 	}
-	b.WriteString("\tchain " + chainSpec.Name + " {\n")
-	b.WriteString("\t\ttype nat hook postrouting priority srcnat; policy accept;\n")
-	for _, r := range postroutingRules {
-		b.WriteString("\t\t" + r.text + "\n")
+	var chains []string
+	for _, def := range chainDefs {
+		var c strings.Builder
+		c.WriteString("\tchain " + def.chain.Name + " {\n")
+		if def.header != "" {
+			c.WriteString("\t\t" + def.header + "\n")
+		}
+		for _, r := range def.rules() {
+			c.WriteString("\t\t" + r.text + "\n")
+		}
+		c.WriteString("\t}\n")
+		chains = append(chains, c.String())
 	}
-	b.WriteString("\t}\n}\n")
+	names := slices.Sorted(maps.Keys(d.svc.chains))
+	for _, name := range names {
+		chains = append(chains, "\tchain "+name+" {\n\t\t"+countChainRule(d.svc.chains[name]).text+"\n\t}\n")
+	}
+	b.WriteString(strings.Join(chains, "\n"))
+	b.WriteString("}\n")
 	return b.String()
 }
 

@@ -54,11 +54,127 @@ var netipEqual = cmp.Options{
 }
 
 // The expected texts use → for a tab.
+// rules is the rest of the table after the masquerade sets, without services:
+// the service sets and every fixed chain, as nft 1.0.6 lists them.
 const rules = `
+→map service-ips-v4 {
+→→type ipv4_addr . inet_proto . inet_service : verdict
+→}
+
+→map service-nodeports-v4 {
+→→type inet_proto . inet_service : verdict
+→}
+
+→set cluster-ips-v4 {
+→→type ipv4_addr
+→}
+
+→map backends-v4 {
+→→type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service
+→}
+
+→map nodeport-backends-v4 {
+→→type inet_proto . inet_service . mark : ipv4_addr . inet_service
+→}
+
+→set masq-vips-v4 {
+→→type ipv4_addr . inet_proto . inet_service
+→}
+
+→set masq-nodeports-v4 {
+→→type inet_proto . inet_service
+→}
+
+→set lb-restricted-v4 {
+→→type ipv4_addr . inet_proto . inet_service
+→}
+
+→set lb-source-ranges-v4 {
+→→type ipv4_addr . inet_proto . inet_service . ipv4_addr
+→→flags interval
+→}
+
+→set hairpin-v4 {
+→→type ipv4_addr . ipv4_addr
+→}
+
+→map service-ips-v6 {
+→→type ipv6_addr . inet_proto . inet_service : verdict
+→}
+
+→map service-nodeports-v6 {
+→→type inet_proto . inet_service : verdict
+→}
+
+→set cluster-ips-v6 {
+→→type ipv6_addr
+→}
+
+→map backends-v6 {
+→→type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service
+→}
+
+→map nodeport-backends-v6 {
+→→type inet_proto . inet_service . mark : ipv6_addr . inet_service
+→}
+
+→set masq-vips-v6 {
+→→type ipv6_addr . inet_proto . inet_service
+→}
+
+→set masq-nodeports-v6 {
+→→type inet_proto . inet_service
+→}
+
+→set lb-restricted-v6 {
+→→type ipv6_addr . inet_proto . inet_service
+→}
+
+→set lb-source-ranges-v6 {
+→→type ipv6_addr . inet_proto . inet_service . ipv6_addr
+→→flags interval
+→}
+
+→set hairpin-v6 {
+→→type ipv6_addr . ipv6_addr
+→}
+
+→chain prerouting {
+→→type nat hook prerouting priority dstnat; policy accept;
+→→jump services
+→}
+
+→chain output {
+→→type nat hook output priority -100; policy accept;
+→→jump services
+→}
+
 →chain postrouting {
 →→type nat hook postrouting priority srcnat; policy accept;
 →→ip saddr @cluster-cidrs-v4 ip daddr != @cluster-cidrs-v4 ip daddr != @node-ips-v4 masquerade fully-random
 →→ip6 saddr @cluster-cidrs-v6 ip6 daddr != @cluster-cidrs-v6 ip6 daddr != @node-ips-v6 masquerade fully-random
+→→meta mark & 0x00004000 == 0x00004000 masquerade fully-random
+→→ct status dnat ip saddr . ip daddr @hairpin-v4 masquerade fully-random
+→→ct status dnat ip6 saddr . ip6 daddr @hairpin-v6 masquerade fully-random
+→}
+
+→chain services {
+→→ip daddr . meta l4proto . th dport @lb-restricted-v4 ip daddr . meta l4proto . th dport . ip saddr != @lb-source-ranges-v4 drop
+→→ip saddr != @cluster-cidrs-v4 ip daddr . meta l4proto . th dport @masq-vips-v4 meta mark set meta mark | 0x00004000
+→→ip daddr . meta l4proto . th dport vmap @service-ips-v4
+→→ip daddr @cluster-ips-v4 reject with icmp port-unreachable
+→→ip saddr != @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
+→→ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
+→→ip6 daddr . meta l4proto . th dport @lb-restricted-v6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @lb-source-ranges-v6 drop
+→→ip6 saddr != @cluster-cidrs-v6 ip6 daddr . meta l4proto . th dport @masq-vips-v6 meta mark set meta mark | 0x00004000
+→→ip6 daddr . meta l4proto . th dport vmap @service-ips-v6
+→→ip6 daddr @cluster-ips-v6 reject with icmpv6 port-unreachable
+→→ip6 saddr != @cluster-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @masq-nodeports-v6 meta mark set meta mark | 0x00004000
+→→ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v6
+→}
+
+→chain no-endpoints {
+→→reject
 →}
 }
 `

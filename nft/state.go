@@ -69,6 +69,7 @@ func (e *SkippedError) Is(target error) bool { return target == ErrInvalid }
 type desired struct {
 	prefixes map[string][]netip.Prefix // interval sets, by set name
 	addrs    map[string][]netip.Addr   // address sets, by set name
+	svc      svcDesired                // service sets and endpoint-count chains
 }
 
 // normalize validates s and returns the content of every set. The error, a
@@ -111,6 +112,9 @@ func normalize(s State) (desired, error) {
 			setNodeIPs6: sortedUnique(a6),
 		},
 	}
+	var svcProblems []string
+	d.svc, svcProblems = normalizeServices(s)
+	problems = append(problems, svcProblems...)
 	if len(problems) > 0 {
 		return d, &SkippedError{Problems: problems}
 	}

@@ -3,7 +3,9 @@ package nft
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -144,7 +146,7 @@ func (t *Table) sync(d desired) error {
 		return err
 	}
 	if cur.current {
-		err = queueElementChanges(conn, elementChanges(cur.elements, d))
+		err = queueUpdate(conn, cur, d)
 	} else {
 		err = queueCreate(conn, cur.exists, d)
 	}
@@ -171,16 +173,61 @@ func queueCreate(conn *nftables.Conn, exists bool, d desired) error {
 		if err := conn.AddSet(set, nil); err != nil {
 			return fmt.Errorf("nft: add set %s: %w", spec.name, err)
 		}
-		if err := addElements(conn, set, spec.elements(d)); err != nil {
-			return err
-		}
 		sets[spec.name] = set
 	}
-	chain := chainSpec
-	chain.Table = table
-	conn.AddChain(&chain)
-	for _, r := range postroutingRules {
-		conn.AddRule(&nftables.Rule{Table: table, Chain: &chain, Exprs: r.exprs(sets), UserData: ruleTag(r.role)})
+	// Every chain exists before a rule or a verdict map element jumps to it.
+	chains := make([]*nftables.Chain, len(chainDefs))
+	for i, def := range chainDefs {
+		chain := def.chain
+		chain.Table = table
+		chains[i] = conn.AddChain(&chain)
+	}
+	for i, def := range chainDefs {
+		for _, r := range def.rules() {
+			conn.AddRule(&nftables.Rule{Table: table, Chain: chains[i], Exprs: r.exprs(sets), UserData: ruleTag(r.role)})
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.svc.chains)) {
+		addCountChain(conn, sets, d.svc.chains[name])
+	}
+	for _, spec := range setSpecs {
+		if err := addElements(conn, sets[spec.name], spec.elements(d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addCountChain queues an endpoint-count chain with its rule.
+func addCountChain(conn *nftables.Conn, sets map[string]*nftables.Set, c countChain) {
+	chain := &nftables.Chain{Table: podnetTable(), Name: c.name()}
+	conn.AddChain(chain)
+	r := countChainRule(c)
+	conn.AddRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: r.exprs(sets), UserData: ruleTag(c.name())})
+}
+
+// queueUpdate queues the changes that turn the current table cur into d: new
+// endpoint-count chains first, so that new elements can jump to them, then the
+// element changes, then the chains no element jumps to any more.
+func queueUpdate(conn *nftables.Conn, cur kernelState, d desired) error {
+	sets := map[string]*nftables.Set{}
+	for _, spec := range setSpecs {
+		sets[spec.name] = spec.newSet(podnetTable())
+	}
+	for name, c := range d.svc.chains {
+		if !cur.countChains[name] {
+			addCountChain(conn, sets, c)
+		}
+	}
+	if err := queueElementChanges(conn, elementChanges(cur.elements, d)); err != nil {
+		return err
+	}
+	for name := range cur.countChains {
+		if _, ok := d.svc.chains[name]; !ok {
+			chain := &nftables.Chain{Table: podnetTable(), Name: name}
+			conn.FlushChain(chain)
+			conn.DelChain(chain)
+		}
 	}
 	return nil
 }
@@ -234,6 +281,8 @@ type kernelState struct {
 	exists   bool                             // the table exists
 	current  bool                             // its sets, chain and rules are this version's
 	elements map[string][]nftables.SetElement // by set name, when current
+	// countChains are the endpoint-count chains present, when current.
+	countChains map[string]bool
 }
 
 // read reports whether the table exists and is current, and if so the elements
@@ -250,11 +299,11 @@ func read(conn *nftables.Conn) (kernelState, error) {
 	if tables[i].Flags != 0 { // dormant, or owned by another process: not as created
 		return kernelState{exists: true}, nil
 	}
-	sets, err := currentLayout(conn)
+	sets, countChains, err := currentLayout(conn)
 	if err != nil || sets == nil {
 		return kernelState{exists: true}, err
 	}
-	cur := kernelState{exists: true, current: true, elements: map[string][]nftables.SetElement{}}
+	cur := kernelState{exists: true, current: true, elements: map[string][]nftables.SetElement{}, countChains: countChains}
 	for _, set := range sets {
 		elems, err := conn.GetSetElements(set)
 		if err != nil {
@@ -265,47 +314,83 @@ func read(conn *nftables.Conn) (kernelState, error) {
 	return cur, nil
 }
 
-// currentLayout returns the table's sets if it holds exactly this version's sets,
-// chain and rules (by their tags), and nil otherwise.
-func currentLayout(conn *nftables.Conn) ([]*nftables.Set, error) {
+// currentLayout returns the table's sets and its endpoint-count chains if it
+// holds exactly this version's sets, fixed chains and rules (by their tags), and
+// nil otherwise.
+func currentLayout(conn *nftables.Conn) ([]*nftables.Set, map[string]bool, error) {
 	table := podnetTable()
 	sets, err := conn.GetSets(table)
 	if err != nil {
-		return nil, fmt.Errorf("nft: list sets: %w", err)
+		return nil, nil, fmt.Errorf("nft: list sets: %w", err)
 	}
 	if len(sets) != len(setSpecs) {
-		return nil, nil
+		return nil, nil, nil
 	}
 	for _, spec := range setSpecs {
 		i := slices.IndexFunc(sets, func(s *nftables.Set) bool { return s.Name == spec.name })
 		if i < 0 || !spec.matches(sets[i]) {
-			return nil, nil
+			return nil, nil, nil
 		}
 	}
 	chains, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
-		return nil, fmt.Errorf("nft: list chains: %w", err)
+		return nil, nil, fmt.Errorf("nft: list chains: %w", err)
 	}
 	chains = slices.DeleteFunc(chains, func(c *nftables.Chain) bool { return c.Table == nil || c.Table.Name != TableName })
-	if len(chains) != 1 || !sameChain(chains[0], &chainSpec) {
-		return nil, nil
-	}
-	rules, err := conn.GetRules(table, chains[0])
-	if err != nil {
-		return nil, fmt.Errorf("nft: list rules: %w", err)
-	}
-	if len(rules) != len(postroutingRules) {
-		return nil, nil
-	}
-	for i, r := range postroutingRules {
-		if !slices.Equal(rules[i].UserData, ruleTag(r.role)) {
-			return nil, nil
+	countChains := map[string]bool{}
+	for _, c := range chains {
+		want := []string{c.Name} // an endpoint-count chain's one rule is tagged with its name
+		if i := slices.IndexFunc(chainDefs, func(def chainDef) bool { return def.chain.Name == c.Name }); i >= 0 {
+			if !sameChain(c, &chainDefs[i].chain) {
+				return nil, nil, nil
+			}
+			want = want[:0]
+			for _, r := range chainDefs[i].rules() {
+				want = append(want, r.role)
+			}
+		} else if !isCountChain(c) {
+			return nil, nil, nil
+		} else {
+			countChains[c.Name] = true
+		}
+		rules, err := conn.GetRules(table, c)
+		if err != nil {
+			return nil, nil, fmt.Errorf("nft: list rules of %s: %w", c.Name, err)
+		}
+		if len(rules) != len(want) {
+			return nil, nil, nil
+		}
+		for i, role := range want {
+			if !slices.Equal(rules[i].UserData, ruleTag(role)) {
+				return nil, nil, nil
+			}
 		}
 	}
-	return sets, nil
+	if len(chains) != len(chainDefs)+len(countChains) {
+		return nil, nil, nil
+	}
+	return sets, countChains, nil
+}
+
+// isCountChain reports whether c is a regular chain named like an
+// endpoint-count chain (lb-v4-3, np-v6-12).
+func isCountChain(c *nftables.Chain) bool {
+	if c.Hooknum != nil {
+		return false
+	}
+	var kind, fam string
+	var n int
+	if _, err := fmt.Sscanf(strings.ReplaceAll(c.Name, "-", " "), "%s %s %d", &kind, &fam, &n); err != nil {
+		return false
+	}
+	return (kind == "lb" || kind == "np") && (fam == "v4" || fam == "v6") && n > 0 &&
+		c.Name == fmt.Sprintf("%s-%s-%d", kind, fam, n)
 }
 
 func sameChain(c, want *nftables.Chain) bool {
+	if want.Hooknum == nil {
+		return c.Hooknum == nil
+	}
 	return c.Name == want.Name && c.Type == want.Type &&
 		c.Hooknum != nil && *c.Hooknum == *want.Hooknum &&
 		c.Priority != nil && *c.Priority == *want.Priority &&

@@ -1,0 +1,321 @@
+package nft
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// family is one IP family of the service sets and chains.
+type family struct {
+	v4     bool
+	suffix string // set and chain name suffix: "v4" or "v6"
+}
+
+var families = []family{{v4: true, suffix: "v4"}, {v4: false, suffix: "v6"}}
+
+func (f family) has(a netip.Addr) bool { return a.Is4() == f.v4 }
+
+func (f family) name(base string) string { return base + "-" + f.suffix }
+
+// Chain names of the endpoint-count chains: lb-v4-3 picks one of 3 endpoints of
+// a VIP port, np-v4-3 one of 3 endpoints of a NodePort.
+func lbChain(f family, n int) string { return fmt.Sprintf("lb-%s-%d", f.suffix, n) }
+func npChain(f family, n int) string { return fmt.Sprintf("np-%s-%d", f.suffix, n) }
+
+// svcDesired is the service part of the table: the elements of every service
+// set and map (by set name), and the endpoint-count chains they jump to.
+type svcDesired struct {
+	elems  map[string][]element
+	chains map[string]countChain
+}
+
+// countChain is a chain that DNATs to one of n endpoints at random.
+type countChain struct {
+	fam      family
+	nodePort bool
+	n        int
+}
+
+func (c countChain) name() string {
+	if c.nodePort {
+		return npChain(c.fam, c.n)
+	}
+	return lbChain(c.fam, c.n)
+}
+
+var protocols = map[Protocol]uint8{TCP: unix.IPPROTO_TCP, UDP: unix.IPPROTO_UDP, SCTP: unix.IPPROTO_SCTP}
+
+// svcKey identifies what one service port claims: a VIP (or, for NodePorts, the
+// invalid Addr) with protocol and port.
+type svcKey struct {
+	vip   netip.Addr
+	proto uint8
+	port  uint16
+}
+
+// normalizeServices validates the services of s and returns the elements and
+// chains that program them. A service with any invalid field, or claiming a VIP
+// port or NodePort an earlier service claimed, is left out whole; problems names
+// each one.
+func normalizeServices(s State) (svcDesired, []string) {
+	d := svcDesired{elems: map[string][]element{}, chains: map[string]countChain{}}
+	claimed := map[svcKey]string{}
+	var problems []string
+	for i, svc := range s.Services {
+		id := svc.Namespace + "/" + svc.Name
+		keys, err := checkService(svc)
+		if err == nil {
+			for _, k := range keys {
+				if other, ok := claimed[k]; ok {
+					err = fmt.Errorf("%s %d/%s already used by service %s", vipOrNodePort(k), k.port, protoName(k.proto), other)
+					break
+				}
+			}
+		}
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("Services[%d] %s: %v", i, id, err))
+			continue
+		}
+		for _, k := range keys {
+			claimed[k] = id
+		}
+		d.add(svc, s.NodeName, s.LocalIPs)
+	}
+	for name := range d.elems {
+		sortElements(d.elems[name])
+		d.elems[name] = slices.CompactFunc(d.elems[name], func(a, b element) bool { return a.text == b.text })
+	}
+	return d, problems
+}
+
+func vipOrNodePort(k svcKey) string {
+	if k.vip.IsValid() {
+		return "VIP " + k.vip.String()
+	}
+	return "NodePort"
+}
+
+// checkService validates svc and returns the VIP ports and NodePorts it claims.
+func checkService(svc Service) ([]svcKey, error) {
+	if svc.Name == "" {
+		return nil, fmt.Errorf("no name")
+	}
+	if len(svc.Ports) == 0 {
+		return nil, fmt.Errorf("no ports")
+	}
+	for _, p := range []TrafficPolicy{svc.InternalTrafficPolicy, svc.ExternalTrafficPolicy} {
+		if p != "" && p != PolicyCluster && p != PolicyLocal {
+			return nil, fmt.Errorf("traffic policy %q: want Cluster or Local", p)
+		}
+	}
+	if svc.AffinityTimeout != 0 {
+		return nil, fmt.Errorf("ClientIP session affinity is not supported yet")
+	}
+	vips := slices.Concat(svc.ClusterIPs, svc.ExternalIPs, svc.LoadBalancerIPs)
+	for _, a := range vips {
+		if !a.IsValid() || a.Zone() != "" || a.IsUnspecified() || a.IsLoopback() {
+			return nil, fmt.Errorf("VIP %s: not a usable address", a)
+		}
+	}
+	if n4, n6 := countFamily(svc.ClusterIPs, true), countFamily(svc.ClusterIPs, false); n4 > 1 || n6 > 1 {
+		return nil, fmt.Errorf("ClusterIPs %v: at most one per family", svc.ClusterIPs)
+	}
+	for _, p := range svc.LoadBalancerSourceRanges {
+		if !p.IsValid() || p != p.Masked() {
+			return nil, fmt.Errorf("LoadBalancerSourceRanges: %s is not a masked prefix", p)
+		}
+	}
+	var keys []svcKey
+	names := map[string]bool{}
+	for i, p := range svc.Ports {
+		proto, ok := protocols[p.Protocol]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("Ports[%d] protocol %q: want TCP, UDP or SCTP", i, p.Protocol)
+		case p.Port == 0:
+			return nil, fmt.Errorf("Ports[%d]: port 0", i)
+		case names[p.Name]:
+			return nil, fmt.Errorf("Ports[%d]: name %q used twice", i, p.Name)
+		case p.Name == "" && len(svc.Ports) > 1:
+			return nil, fmt.Errorf("Ports[%d]: a service with several ports needs port names", i)
+		}
+		names[p.Name] = true
+		for _, vip := range vips {
+			k := svcKey{vip: vip, proto: proto, port: p.Port}
+			if slices.Contains(keys, k) {
+				return nil, fmt.Errorf("Ports[%d]: %s port %d/%s listed twice", i, vip, p.Port, p.Protocol)
+			}
+			keys = append(keys, k)
+		}
+		if p.NodePort != 0 {
+			k := svcKey{proto: proto, port: p.NodePort}
+			if slices.Contains(keys, k) {
+				return nil, fmt.Errorf("Ports[%d]: NodePort %d/%s listed twice", i, p.NodePort, p.Protocol)
+			}
+			keys = append(keys, k)
+		}
+	}
+	for i, ep := range svc.Endpoints {
+		if !ep.Address.IsValid() || ep.Address.Zone() != "" || ep.Address.IsUnspecified() {
+			return nil, fmt.Errorf("Endpoints[%d] address %s: not a usable address", i, ep.Address)
+		}
+		for name, port := range ep.Ports {
+			if port == 0 {
+				return nil, fmt.Errorf("Endpoints[%d] port %q: port 0", i, name)
+			}
+		}
+	}
+	return keys, nil
+}
+
+func countFamily(as []netip.Addr, v4 bool) int {
+	n := 0
+	for _, a := range as {
+		if a.Is4() == v4 {
+			n++
+		}
+	}
+	return n
+}
+
+// target is where a service port sends a new connection: n endpoints, or a
+// verdict when there is none.
+type backend struct {
+	addr netip.Addr
+	port uint16
+}
+
+// usableEndpoints returns the endpoints of family f serving port, sorted: the
+// ready ones, or if there is none the serving and terminating ones.
+func usableEndpoints(svc Service, port ServicePort, f family) []Endpoint {
+	var ready, fallback []Endpoint
+	for _, ep := range svc.Endpoints {
+		if _, ok := ep.Ports[port.Name]; !ok || !f.has(ep.Address) {
+			continue
+		}
+		switch {
+		case ep.Ready:
+			ready = append(ready, ep)
+		case ep.Serving && ep.Terminating:
+			fallback = append(fallback, ep)
+		}
+	}
+	if len(ready) == 0 {
+		ready = fallback
+	}
+	slices.SortFunc(ready, func(a, b Endpoint) int {
+		if c := a.Address.Compare(b.Address); c != 0 {
+			return c
+		}
+		return int(a.Ports[port.Name]) - int(b.Ports[port.Name])
+	})
+	return ready
+}
+
+// pick applies a traffic policy: the verdict for the port and its backends.
+func pick(eps []Endpoint, port ServicePort, policy TrafficPolicy, node string, chain func(int) string) (expr.Verdict, []backend) {
+	if len(eps) == 0 {
+		return expr.Verdict{Kind: expr.VerdictGoto, Chain: chainNoEndpoints}, nil
+	}
+	var bs []backend
+	for _, ep := range eps {
+		if policy == PolicyLocal && ep.NodeName != node {
+			continue
+		}
+		bs = append(bs, backend{addr: ep.Address, port: ep.Ports[port.Name]})
+	}
+	bs = slices.Compact(bs)
+	if len(bs) == 0 {
+		return expr.Verdict{Kind: expr.VerdictDrop}, nil
+	}
+	return expr.Verdict{Kind: expr.VerdictGoto, Chain: chain(len(bs))}, bs
+}
+
+// add queues the elements and chains of one valid service.
+func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
+	restricted := len(svc.LoadBalancerSourceRanges) > 0
+	for _, f := range families {
+		hasFamily := false
+		for _, ip := range svc.ClusterIPs {
+			if f.has(ip) {
+				hasFamily = true
+				d.put(f.name(setClusterIPs), setElem(newKey().addr(ip)))
+			}
+		}
+		for _, port := range svc.Ports {
+			proto := protocols[port.Protocol]
+			eps := usableEndpoints(svc, port, f)
+			for _, ep := range eps {
+				d.put(f.name(setHairpin), setElem(newKey().addr(ep.Address).addr(ep.Address)))
+			}
+			vip := func(ip netip.Addr, policy TrafficPolicy, masq, lb bool) {
+				if !f.has(ip) {
+					return
+				}
+				key := func() *keyBuilder { return newKey().addr(ip).proto(proto).port(port.Port) }
+				v, bs := pick(eps, port, policy, node, func(n int) string { return lbChain(f, n) })
+				d.put(f.name(setServiceIPs), vmapElem(key(), v))
+				d.backends(f, false, key, bs)
+				if masq {
+					d.put(f.name(setMasqVIPs), setElem(key()))
+				}
+				if lb && restricted {
+					d.put(f.name(setLBRestricted), setElem(key()))
+					for _, r := range svc.LoadBalancerSourceRanges {
+						if f.has(r.Addr()) {
+							d.put(f.name(setLBSourceRanges), rangeElem(key(), r))
+						}
+					}
+				}
+			}
+			for _, ip := range svc.ClusterIPs {
+				vip(ip, svc.InternalTrafficPolicy, true, false)
+			}
+			extMasq := svc.ExternalTrafficPolicy != PolicyLocal
+			for _, ip := range svc.ExternalIPs {
+				vip(ip, svc.ExternalTrafficPolicy, extMasq, false)
+			}
+			for _, ip := range svc.LoadBalancerIPs {
+				vip(ip, svc.ExternalTrafficPolicy, extMasq, true)
+			}
+			if port.NodePort != 0 && (hasFamily || countFamily(localIPs, f.v4) > 0 && len(svc.ClusterIPs) == 0) {
+				key := func() *keyBuilder { return newKey().proto(proto).port(port.NodePort) }
+				v, bs := pick(eps, port, svc.ExternalTrafficPolicy, node, func(n int) string { return npChain(f, n) })
+				d.put(f.name(setServiceNodePorts), vmapElem(key(), v))
+				d.backends(f, true, key, bs)
+				if extMasq {
+					d.put(f.name(setMasqNodePorts), setElem(key()))
+				}
+			}
+		}
+	}
+}
+
+// backends queues the slot → endpoint elements of one VIP port or NodePort and
+// the chain that picks a slot.
+func (d *svcDesired) backends(f family, nodePort bool, key func() *keyBuilder, bs []backend) {
+	if len(bs) == 0 {
+		return
+	}
+	c := countChain{fam: f, nodePort: nodePort, n: len(bs)}
+	d.chains[c.name()] = c
+	set := setBackends
+	if nodePort {
+		set = setNPBackends
+	}
+	for i, b := range bs {
+		d.put(f.name(set), mapElem(key().slot(uint32(i)), newKey().addr(b.addr).port(b.port)))
+	}
+}
+
+func (d *svcDesired) put(set string, e element) {
+	d.elems[set] = append(d.elems[set], e)
+}
+
+// maxAffinityTimeout is Kubernetes' limit on sessionAffinityConfig timeouts.
+const maxAffinityTimeout = 86400 * time.Second
