@@ -9,14 +9,23 @@ import (
 	"os"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/podnet/podnet/nft"
 )
 
 // Cluster is the cluster state podnetd works from: in standalone mode, the
 // content of the cluster file.
 type Cluster struct {
 	Nodes []Node `json:"nodes"`
-	// Services are read by the service proxy; kept verbatim here.
-	Services []json.RawMessage `json:"services,omitempty"`
+	// Services are the file's valid services, in file order, as the nft table
+	// programs them.
+	Services []nft.Service
+	// RejectedServices are the file's invalid services, left out one by one
+	// without failing the file; the daemon logs them at each load.
+	RejectedServices []*ServiceError
+	// IgnoredServices are valid services no proxy programs (headless, or
+	// labelled for another proxy).
+	IgnoredServices []IgnoredService
 }
 
 // Node is one node of the cluster.
@@ -40,7 +49,9 @@ func LoadClusterFile(path string) (*Cluster, []byte, error) {
 }
 
 // ParseCluster decodes cluster YAML strictly (unknown fields are errors) and
-// validates it; errors name the offending field, e.g. nodes[1].podCIDRs[0].
+// validates it. A YAML error or an invalid node fails the whole file, with an
+// error naming the field, e.g. nodes[1].podCIDRs[0]. An invalid service only
+// leaves that service out: it is listed in RejectedServices.
 func ParseCluster(data []byte) (*Cluster, error) {
 	js, err := yaml.YAMLToJSON(data)
 	if err != nil {
@@ -52,7 +63,7 @@ func ParseCluster(data []byte) (*Cluster, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("decode: %w", err)
 	}
-	c := &Cluster{Services: f.Services}
+	c := &Cluster{}
 	for i, fn := range f.Nodes {
 		n := Node{Name: fn.Name}
 		for j, s := range fn.Addresses {
@@ -71,7 +82,15 @@ func ParseCluster(data []byte) (*Cluster, error) {
 		}
 		c.Nodes = append(c.Nodes, n)
 	}
-	return c, c.Validate()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for _, n := range c.Nodes {
+		names[n.Name] = true
+	}
+	c.Services, c.RejectedServices, c.IgnoredServices = parseServices(f.Services, names)
+	return c, nil
 }
 
 // clusterFile is the file's shape before parsing addresses, so errors can name
@@ -82,11 +101,12 @@ type clusterFile struct {
 		Addresses []string `json:"addresses"`
 		PodCIDRs  []string `json:"podCIDRs"`
 	} `json:"nodes"`
-	Services []json.RawMessage `json:"services"`
+	Services []json.RawMessage `json:"services"` // each checked on its own
 }
 
-// Validate checks names are unique and present, addresses and CIDRs well formed
-// (CIDRs masked), and that no two nodes' podCIDRs overlap.
+// Validate checks the nodes: names are unique and present, addresses and CIDRs
+// well formed (CIDRs masked), and no two nodes' podCIDRs overlap. Services are
+// checked by ParseCluster.
 func (c *Cluster) Validate() error {
 	seen := map[string]bool{}
 	var cidrs []netip.Prefix

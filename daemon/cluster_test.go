@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -56,20 +55,6 @@ func TestParseClusterValid(t *testing.T) {
 	}
 	if _, ok := c.Node("node-x"); ok {
 		t.Error("Node(node-x) found a node that is not there")
-	}
-}
-
-func TestParseClusterKeepsServices(t *testing.T) {
-	c, err := ParseCluster([]byte("nodes: []\nservices:\n- name: web\n  port: 80\n"))
-	if err != nil {
-		t.Fatalf("ParseCluster: %v", err)
-	}
-	if len(c.Services) != 1 {
-		t.Fatalf("services = %d, want 1", len(c.Services))
-	}
-	var svc map[string]any
-	if err := json.Unmarshal(c.Services[0], &svc); err != nil || svc["name"] != "web" {
-		t.Errorf("service = %s (%v), want name web", c.Services[0], err)
 	}
 }
 
@@ -139,6 +124,16 @@ func TestParseClusterErrors(t *testing.T) {
 			name: "unknown top-level field",
 			yaml: "nodes: []\nnode: x\n",
 			want: []string{`unknown field "node"`},
+		},
+		{
+			name: "invalid node with valid services",
+			yaml: "nodes:\n- name: a\n  addresses: [192.168.1.300]\nservices:\n- name: web\n  clusterIPs: [10.96.0.10]\n  ports: [{port: 80}]\n",
+			want: []string{"nodes[0].addresses[0]"},
+		},
+		{
+			name: "services not a list",
+			yaml: "nodes: []\nservices: {name: web}\n",
+			want: []string{"decode: ", "services"},
 		},
 		{
 			name: "yaml syntax error",
