@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"maps"
@@ -9,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -309,6 +311,11 @@ func read(conn *nftables.Conn) (kernelState, error) {
 		if err != nil {
 			return kernelState{}, fmt.Errorf("nft: list elements of %s: %w", set.Name, err)
 		}
+		if set.IsMap && set.KeyType.GetNFTMagic() == nftables.TypeVerdict.GetNFTMagic() {
+			if err := decodeVerdicts(elems); err != nil {
+				return kernelState{}, fmt.Errorf("nft: list elements of %s: %w", set.Name, err)
+			}
+		}
 		cur.elements[set.Name] = elems
 	}
 	return cur, nil
@@ -409,6 +416,35 @@ func (t *Table) Cleanup() error {
 	conn.DelTable(podnetTable())
 	if err := conn.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("nft: delete table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// decodeVerdicts moves the verdicts of a verdict map's elements, which
+// google/nftables v0.3.0 leaves encoded in Val, to VerdictData.
+func decodeVerdicts(elems []nftables.SetElement) error {
+	for i := range elems {
+		if elems[i].VerdictData != nil || len(elems[i].Val) == 0 {
+			continue
+		}
+		ad, err := netlink.NewAttributeDecoder(elems[i].Val)
+		if err != nil {
+			return fmt.Errorf("decode verdict: %w", err)
+		}
+		ad.ByteOrder = binary.BigEndian
+		v := &expr.Verdict{}
+		for ad.Next() {
+			switch ad.Type() {
+			case unix.NFTA_VERDICT_CODE:
+				v.Kind = expr.VerdictKind(int32(ad.Uint32()))
+			case unix.NFTA_VERDICT_CHAIN:
+				v.Chain = ad.String()
+			}
+		}
+		if err := ad.Err(); err != nil {
+			return fmt.Errorf("decode verdict: %w", err)
+		}
+		elems[i].Val, elems[i].VerdictData = nil, v
 	}
 	return nil
 }
