@@ -26,6 +26,16 @@ type Cluster struct {
 	// IgnoredServices are valid services no proxy programs (headless, or
 	// labelled for another proxy).
 	IgnoredServices []IgnoredService
+
+	serviceIndex []int // position in the file's services of each of Services
+}
+
+// fileIndex returns the position of Services[i] in the file's services.
+func (c *Cluster) fileIndex(i int) int {
+	if i < len(c.serviceIndex) {
+		return c.serviceIndex[i]
+	}
+	return i // a Cluster built in code, not parsed
 }
 
 // Node is one node of the cluster.
@@ -89,7 +99,7 @@ func ParseCluster(data []byte) (*Cluster, error) {
 	for _, n := range c.Nodes {
 		names[n.Name] = true
 	}
-	c.Services, c.RejectedServices, c.IgnoredServices = parseServices(f.Services, names)
+	c.Services, c.serviceIndex, c.RejectedServices, c.IgnoredServices = parseServices(f.Services, names)
 	return c, nil
 }
 

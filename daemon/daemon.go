@@ -38,9 +38,12 @@ type Daemon struct {
 	ipam    *ipam.Allocator
 	cni     *cniHandler
 	cluster atomic.Pointer[Cluster]
-	podNet  atomic.Pointer[podNet]
-	trigger chan struct{}
-	sysctl  func(name, value string) error // setSysctl; replaced in tests
+	// services is what the last sync that programmed the nft table did with
+	// the cluster's services; nil before it.
+	services atomic.Pointer[serviceView]
+	podNet   atomic.Pointer[podNet]
+	trigger  chan struct{}
+	sysctl   func(name, value string) error // setSysctl; replaced in tests
 
 	mu     sync.Mutex
 	status api.Status
@@ -80,6 +83,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("cluster file %s: node %q is not listed", d.cfg.ClusterFile, d.cfg.NodeName)
 	}
 	d.cluster.Store(c)
+	d.logLoad("cluster file loaded", c)
 	alloc, err := ipam.New(filepath.Join(d.cfg.StateDir, "ipam"), node.PodCIDRs)
 	if err != nil {
 		return fmt.Errorf("ipam: %w", err)
@@ -174,7 +178,7 @@ func (d *Daemon) watchFile(ctx context.Context, last []byte) {
 			continue
 		}
 		d.cluster.Store(c)
-		d.log.Info("cluster file changed", zap.Int("nodes", len(c.Nodes)))
+		d.logLoad("cluster file changed", c)
 		d.Trigger()
 	}
 }
@@ -220,7 +224,8 @@ func (d *Daemon) recordSync(start time.Time, err error) {
 }
 
 // syncNode makes the kernel match the cluster state: IPAM ranges, bridge, peer
-// routes, masquerade table, then the CNI conflist.
+// routes, nft table (masquerade and services), then the CNI conflist. Values
+// the table skips as invalid are logged and reported, not retried.
 func (d *Daemon) syncNode() error {
 	c := d.cluster.Load()
 	node, ok := c.Node(d.cfg.NodeName)
@@ -251,7 +256,11 @@ func (d *Daemon) syncNode() error {
 	}
 	ch, routeErr := d.kernel.SyncRoutes(routes)
 	d.logRouteChanges(ch)
-	nftErr := d.nft.Sync(desiredNFT(c))
+	nftSkipped, nftErr := splitSkipped(d.nft.Sync(desiredNFT(c, node.Name)))
+	if nftErr == nil { // the table holds this state, less what it skipped
+		v := newServiceView(c, nftSkipped)
+		d.logRefused(d.services.Swap(v), v)
+	}
 	if r, ok := d.kernel.(interface{ Reap() error }); ok {
 		if err := r.Reap(); err != nil { // pods retired before a crash
 			d.log.Warn("deleting retired pod links failed", zap.Error(err))
@@ -330,6 +339,10 @@ func (d *Daemon) Status() api.Status {
 	d.mu.Unlock()
 	if d.ipam != nil {
 		s.Allocations = len(d.ipam.List())
+	}
+	if v := d.services.Load(); v != nil {
+		s.ServicesProgrammed, s.ServicesIgnored = len(v.programmed), len(v.ignored)
+		s.ServicesRejected = len(v.rejected) + len(v.refused)
 	}
 	return s
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/podnet/podnet/ipam"
 	"github.com/podnet/podnet/nft"
@@ -38,12 +39,16 @@ func addrOfFamily(addrs []netip.Addr, v4 bool) (netip.Addr, bool) {
 	return netip.Addr{}, false
 }
 
-// desiredNFT is the masquerade state: every podCIDR and node address of the cluster.
-func desiredNFT(c *Cluster) nft.State {
-	var s nft.State
+// desiredNFT is the table's state on node self: every podCIDR and node address
+// of the cluster (masquerade), self's addresses, and the cluster's services.
+func desiredNFT(c *Cluster, self string) nft.State {
+	s := nft.State{NodeName: self, Services: c.Services}
 	for _, n := range c.Nodes {
 		s.ClusterCIDRs = append(s.ClusterCIDRs, n.PodCIDRs...)
 		s.NodeIPs = append(s.NodeIPs, n.Addresses...)
+		if n.Name == self {
+			s.LocalIPs = slices.Clone(n.Addresses)
+		}
 	}
 	return s
 }

@@ -104,19 +104,40 @@ func TestDesiredRoutes(t *testing.T) {
 }
 
 func TestDesiredNFT(t *testing.T) {
-	c := &Cluster{Nodes: []Node{
-		{Name: "a", Addresses: []netip.Addr{addr("192.168.1.1"), addr("fd00::1")}, PodCIDRs: []netip.Prefix{prefix("10.244.0.0/24"), prefix("fd00:10:244::/64")}},
-		{Name: "b", Addresses: []netip.Addr{addr("192.168.1.2")}, PodCIDRs: []netip.Prefix{prefix("10.244.1.0/24")}},
-		{Name: "c", Addresses: []netip.Addr{addr("192.168.1.3")}},
-	}}
-	want := nft.State{
+	web := nft.Service{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{addr("10.96.0.10")},
+		Ports:     []nft.ServicePort{{Protocol: nft.TCP, Port: 80}},
+		Endpoints: []nft.Endpoint{{Address: addr("10.244.1.5"), NodeName: "b", Ports: map[string]uint16{"": 8080}, Ready: true, Serving: true}}}
+	c := &Cluster{
+		Nodes: []Node{
+			{Name: "a", Addresses: []netip.Addr{addr("192.168.1.1"), addr("fd00::1")}, PodCIDRs: []netip.Prefix{prefix("10.244.0.0/24"), prefix("fd00:10:244::/64")}},
+			{Name: "b", Addresses: []netip.Addr{addr("192.168.1.2")}, PodCIDRs: []netip.Prefix{prefix("10.244.1.0/24")}},
+			{Name: "c", Addresses: []netip.Addr{addr("192.168.1.3")}},
+		},
+		Services: []nft.Service{web},
+	}
+	base := nft.State{
 		ClusterCIDRs: []netip.Prefix{prefix("10.244.0.0/24"), prefix("fd00:10:244::/64"), prefix("10.244.1.0/24")},
 		NodeIPs:      []netip.Addr{addr("192.168.1.1"), addr("fd00::1"), addr("192.168.1.2"), addr("192.168.1.3")},
+		Services:     []nft.Service{web},
 	}
-	if diff := cmp.Diff(want, desiredNFT(c), netipComparers); diff != "" {
-		t.Errorf("desiredNFT (-want +got):\n%s", diff)
+	tests := []struct {
+		self     string
+		localIPs []netip.Addr
+	}{
+		{"a", []netip.Addr{addr("192.168.1.1"), addr("fd00::1")}},
+		{"b", []netip.Addr{addr("192.168.1.2")}},
+		{"x", nil}, // not in the cluster: no local addresses
 	}
-	if got := desiredNFT(&Cluster{}); len(got.ClusterCIDRs)+len(got.NodeIPs) != 0 {
+	for _, tt := range tests {
+		t.Run(tt.self, func(t *testing.T) {
+			want := base
+			want.NodeName, want.LocalIPs = tt.self, tt.localIPs
+			if diff := cmp.Diff(want, desiredNFT(c, tt.self), netipComparers); diff != "" {
+				t.Errorf("desiredNFT (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if got := desiredNFT(&Cluster{}, "a"); len(got.ClusterCIDRs)+len(got.NodeIPs)+len(got.LocalIPs)+len(got.Services) != 0 {
 		t.Errorf("desiredNFT(empty) = %+v", got)
 	}
 }

@@ -49,6 +49,9 @@ func (d *Daemon) routes() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, d.Status())
 	})
+	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, d.services.Load().apiServices())
+	})
 	mux.HandleFunc("GET /v1/ipam", func(w http.ResponseWriter, _ *http.Request) {
 		out := []api.Allocation{}
 		if d.ipam != nil {

@@ -75,9 +75,10 @@ const (
 // parseServices checks every entry of the file's services on its own and
 // translates the valid ones. An invalid entry, or one that conflicts with an
 // earlier valid one (same namespace/name, same nodePort, same VIP and port), is
-// returned in rejected; the others are unaffected. nodes holds the node names of
-// the file, which endpoints may name.
-func parseServices(raws []json.RawMessage, nodes map[string]bool) (svcs []nft.Service, rejected []*ServiceError, ignored []IgnoredService) {
+// returned in rejected; the others are unaffected. index[i] is the position of
+// svcs[i] in raws. nodes holds the node names of the file, which endpoints may
+// name.
+func parseServices(raws []json.RawMessage, nodes map[string]bool) (svcs []nft.Service, index []int, rejected []*ServiceError, ignored []IgnoredService) {
 	claims := serviceClaims{}
 	for i, raw := range raws {
 		id := peekID(raw)
@@ -93,10 +94,10 @@ func parseServices(raws []json.RawMessage, nodes map[string]bool) (svcs []nft.Se
 			ignored = append(ignored, IgnoredService{Index: i, Namespace: id.Namespace, Name: id.Name, Reason: why})
 		default:
 			claims.add(svc, i)
-			svcs = append(svcs, svc)
+			svcs, index = append(svcs, svc), append(index, i)
 		}
 	}
-	return svcs, rejected, ignored
+	return svcs, index, rejected, ignored
 }
 
 type serviceID struct {

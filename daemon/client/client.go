@@ -67,6 +67,15 @@ func (c *Client) IPAM(ctx context.Context) ([]api.Allocation, error) {
 	return out, nil
 }
 
+// Services lists the services the daemon programmed and those it left out.
+func (c *Client) Services(ctx context.Context) (*api.Services, error) {
+	var out api.Services
+	if err := c.do(ctx, http.MethodGet, "/v1/services", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
