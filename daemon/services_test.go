@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -320,5 +321,26 @@ func TestServiceErrorFields(t *testing.T) {
 	want := []*ServiceError{{Index: 0, Namespace: "shop", Name: "web", Field: "ports[0].protocol", Value: `"FOO"`, Reason: "want TCP, UDP or SCTP"}}
 	if diff := cmp.Diff(want, c.RejectedServices); diff != "" {
 		t.Errorf("rejected (-want +got):\n%s", diff)
+	}
+}
+
+// TestDocsExample keeps the example of docs/services.md valid.
+func TestDocsExample(t *testing.T) {
+	doc, err := os.ReadFile("../docs/services.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, _ := strings.Cut(string(doc), "```yaml\n")
+	example, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("no yaml example in docs/services.md")
+	}
+	nodes, _, _ := strings.Cut(string(servicesFile()), "services:")
+	c, err := ParseCluster([]byte(nodes + example))
+	if err != nil {
+		t.Fatalf("ParseCluster: %v", err)
+	}
+	if len(c.Services) != 1 || len(c.RejectedServices)+len(c.IgnoredServices) != 0 || len(c.Services[0].Endpoints) != 3 {
+		t.Errorf("services %+v, rejected %v, ignored %v; want web with 3 endpoint addresses", c.Services, c.RejectedServices, c.IgnoredServices)
 	}
 }
