@@ -293,3 +293,21 @@ func TestSyncSecondsIsMeasured(t *testing.T) {
 		t.Errorf("syncSeconds = %v, want the ~0.03 s the sync took", s.SyncSeconds)
 	}
 }
+
+// TestTableRejectionsReadsNFTProblems pins the form in which the nft package
+// reports a skipped service, which tableRejections reads.
+func TestTableRejectionsReadsNFTProblems(t *testing.T) {
+	port := []nft.ServicePort{{Protocol: nft.TCP, Port: 80}}
+	svcs := []nft.Service{
+		{Namespace: "default", Name: "web", ClusterIPs: []netip.Addr{addr("10.96.0.10")}, Ports: port},
+		{Namespace: "default", ClusterIPs: []netip.Addr{addr("10.96.0.11")}, Ports: port}, // no name: the table skips it
+	}
+	skipped, err := splitSkipped((&nft.Fake{}).Sync(nft.State{Services: svcs}))
+	if err != nil || skipped == nil {
+		t.Fatalf("Sync: skipped %v, error %v; want only skipped values", skipped, err)
+	}
+	byTable, other := tableRejections(skipped, len(svcs))
+	if len(byTable) != 1 || byTable[1] == "" || len(other) != 0 {
+		t.Errorf("tableRejections(%q) = %v, %v; want services[1] with a reason", skipped.Problems, byTable, other)
+	}
+}
