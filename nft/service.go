@@ -57,10 +57,10 @@ type Service struct {
 	InternalTrafficPolicy TrafficPolicy
 	ExternalTrafficPolicy TrafficPolicy
 
-	// AffinityTimeout > 0 turns on ClientIP session affinity: new connections
-	// from a client to one VIP and port go to the endpoint its previous one went
-	// to, if that was at most AffinityTimeout ago. Whole seconds, at most
-	// 86400 s (Kubernetes' limit).
+	// AffinityTimeout > 0 asks for ClientIP session affinity (new connections
+	// from a client going to the endpoint its previous one went to). Not
+	// supported yet: Sync skips such a service and names it in its
+	// *SkippedError.
 	AffinityTimeout time.Duration
 
 	Endpoints []Endpoint
