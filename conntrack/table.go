@@ -66,7 +66,11 @@ func New(opts ...Option) (*Table, error) {
 		return nil, err
 	}
 	defer c.Close()
-	if _, err := c.StatsGlobal(); err != nil {
+	// The per-CPU statistics are a small dump that any working ctnetlink
+	// answers. Not StatsGlobal: the kernel marks its single reply multi-part
+	// without a closing message, and with the mdlayher/netlink this module
+	// uses (v1.11) it waits for one forever.
+	if _, err := c.Stats(); err != nil {
 		return nil, fmt.Errorf("conntrack: reach ctnetlink: %w", err)
 	}
 	return t, nil
@@ -150,11 +154,13 @@ func entryOf(f ct.Flow) Entry {
 	}
 }
 
-// deleteKey is the request that deletes exactly the dumped flow f: the kernel
-// looks it up by tuple and zone, and refuses (ENOENT) if its ID differs, that is
-// if the entry was replaced by a new one with the same tuple since the dump.
-// Both tuples are sent because ti-mo/conntrack sends an IPv6 request only when
-// both are IPv6; with the original alone, IPv6 deletes fail.
+// deleteKey is the request that deletes the dumped flow f. The kernel looks the
+// entry up by original tuple and zone. Both tuples are sent because
+// ti-mo/conntrack sends an IPv6 request only when both are IPv6: with the
+// original alone, IPv6 deletes fail. The flow's ID, which would make the kernel
+// refuse an entry that replaced f under the same tuple since the dump, is left
+// out: ti-mo/conntrack v0.6.0 never sends it (despite what Conn.Delete's doc
+// says). Such a replacement is deleted too; its next packet makes a new entry.
 func deleteKey(f ct.Flow) ct.Flow {
-	return ct.Flow{ID: f.ID, Zone: f.Zone, TupleOrig: f.TupleOrig, TupleReply: f.TupleReply}
+	return ct.Flow{Zone: f.Zone, TupleOrig: f.TupleOrig, TupleReply: f.TupleReply}
 }

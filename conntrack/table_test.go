@@ -12,19 +12,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// stubConn is a flowConn over a fixed dump. Delete fails with deleteErr[ID],
-// wrapped as ti-mo/netfilter wraps kernel errors, or records the request.
+// stubConn is a flowConn over a fixed dump. Delete fails with the error that
+// deleteErr holds for the flow's entry, wrapped as ti-mo/netfilter wraps
+// kernel errors, or records the request.
 type stubConn struct {
 	flows     []ct.Flow
 	dumpErr   error
-	deleteErr map[uint32]error
+	deleteErr map[Entry]error
 	sent      []ct.Flow
 }
 
 func (s *stubConn) Dump(*ct.DumpOptions) ([]ct.Flow, error) { return s.flows, s.dumpErr }
 
 func (s *stubConn) Delete(f ct.Flow) error {
-	if err := s.deleteErr[f.ID]; err != nil {
+	if err := s.deleteErr[entryOf(f)]; err != nil {
 		return fmt.Errorf("netfilter query: %w", &netlink.OpError{Op: "receive", Err: err})
 	}
 	s.sent = append(s.sent, f)
@@ -56,17 +57,17 @@ func TestDeleteMatching(t *testing.T) {
 	}
 	var want []ct.Flow
 	for _, f := range []ct.Flow{c.flows[0], c.flows[3]} {
-		want = append(want, ct.Flow{ID: f.ID, Zone: f.Zone, TupleOrig: f.TupleOrig, TupleReply: f.TupleReply})
+		want = append(want, ct.Flow{Zone: f.Zone, TupleOrig: f.TupleOrig, TupleReply: f.TupleReply})
 	}
 	if !reflect.DeepEqual(c.sent, want) {
-		t.Errorf("delete requests:\n%+v\nwant only ID, zone and tuples of udp4 and nodePort4:\n%+v", c.sent, want)
+		t.Errorf("delete requests:\n%+v\nwant only zone and tuples of udp4 and nodePort4:\n%+v", c.sent, want)
 	}
 }
 
 func TestDeleteMatchingVanished(t *testing.T) {
 	c := &stubConn{
 		flows:     []ct.Flow{flowOf(udp4, 1), flowOf(udp6, 2)},
-		deleteErr: map[uint32]error{1: unix.ENOENT},
+		deleteErr: map[Entry]error{udp4: unix.ENOENT},
 	}
 	n, err := deleteMatching(c, []Filter{{Proto: unix.IPPROTO_UDP, OrigPort: 53}})
 	if err != nil || n != 1 {
@@ -77,7 +78,7 @@ func TestDeleteMatchingVanished(t *testing.T) {
 func TestDeleteMatchingFailure(t *testing.T) {
 	c := &stubConn{
 		flows:     []ct.Flow{flowOf(udp4, 1), flowOf(udp6, 2), flowOf(nodePort4, 3)},
-		deleteErr: map[uint32]error{1: unix.EPERM, 3: unix.EBUSY},
+		deleteErr: map[Entry]error{udp4: unix.EPERM, nodePort4: unix.EBUSY},
 	}
 	n, err := deleteMatching(c, []Filter{{Proto: unix.IPPROTO_UDP, ReplySrc: ep4}, {Proto: unix.IPPROTO_UDP, ReplySrc: ep6}})
 	if n != 1 {
