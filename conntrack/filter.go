@@ -117,6 +117,27 @@ func matchAny(filters []Filter, e Entry) bool {
 	return false
 }
 
+// portIndex is filters grouped by OrigPort (0: any port), so that matching a
+// large table against many filters compares each entry only with the filters
+// for its port.
+type portIndex map[uint16][]Filter
+
+func indexByPort(filters []Filter) portIndex {
+	idx := portIndex{}
+	for _, f := range filters {
+		idx[f.OrigPort] = append(idx[f.OrigPort], f)
+	}
+	return idx
+}
+
+// matches reports whether any of the indexed filters matches e.
+func (idx portIndex) matches(e Entry) bool {
+	if port := e.OrigDst.Port(); port != 0 && matchAny(idx[port], e) {
+		return true
+	}
+	return matchAny(idx[0], e)
+}
+
 // validate checks every filter and joins the errors of the invalid ones.
 func validate(filters []Filter) error {
 	var errs []error

@@ -122,3 +122,26 @@ func TestStrings(t *testing.T) {
 		}
 	}
 }
+
+// The port index used on large tables must agree with trying every filter.
+func TestPortIndexAgrees(t *testing.T) {
+	udp := uint8(unix.IPPROTO_UDP)
+	icmp := Entry{Proto: unix.IPPROTO_ICMP, OrigSrc: ap("10.244.1.7:0"), OrigDst: ap("10.96.0.10:0"), ReplySrc: ap("10.244.2.5:0")}
+	entries := []Entry{udp4, udp6, nodePort4, icmp}
+	filterSets := [][]Filter{
+		nil,
+		{{Proto: udp, OrigDst: vip4, OrigPort: 53, ReplySrc: ep4}},
+		{{Proto: udp, OrigPort: 30053}, {Proto: udp, OrigDst: vip6, OrigPort: 53}},
+		{{Proto: udp, OrigDst: vip4}},
+		{{Proto: udp, ReplySrc: ep4}, {Proto: udp, OrigPort: 54}},
+		{{Proto: unix.IPPROTO_ICMP, OrigDst: vip4}},
+	}
+	for _, filters := range filterSets {
+		idx := indexByPort(filters)
+		for _, e := range entries {
+			if got, want := idx.matches(e), matchAny(filters, e); got != want {
+				t.Errorf("filters %v, entry %s: index says %v, trying every filter %v", filters, e, got, want)
+			}
+		}
+	}
+}

@@ -109,7 +109,6 @@ func newLab(t *testing.T) *sandbox.NetNS {
 	node := sandbox.TestNetNS(t, "ct-node")
 	veth(t, client, node)
 	all := append(flows(lab4), flows(lab6)...)
-	var rules []string
 	for _, f := range []family{lab4, lab6} {
 		for _, a := range []struct {
 			ns   *sandbox.NetNS
@@ -123,6 +122,7 @@ func newLab(t *testing.T) *sandbox.NetNS {
 		serveUDP(t, node, f.ep1, f.ep2)
 		serveTCP(t, node, f.ep1)
 	}
+	var rules []string
 	for _, fl := range all {
 		rules = append(rules, "\t\t"+fl.dnatRule())
 	}

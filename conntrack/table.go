@@ -85,10 +85,11 @@ func (t *Table) dial() (*ct.Conn, error) {
 }
 
 // Delete dumps the whole table (both families) once and deletes, one request
-// each, the entries that match; see Interface.Delete. Its cost grows with the
-// size of the table, not with the number of filters' matches: ctnetlink can
-// filter a dump by address and port (CTA_FILTER) but ti-mo/conntrack does not
-// expose it. Entries created after the dump are not seen.
+// each, the entries that match; see Interface.Delete. Its time and memory grow
+// with the size of the table, not with the number of matches: the dump is held
+// in memory whole, since ctnetlink can filter a dump by address and port
+// (CTA_FILTER, Linux 5.8) but ti-mo/conntrack does not expose that. Entries
+// created after the dump are not seen.
 func (t *Table) Delete(filters []Filter) (int, error) {
 	if err := validate(filters); err != nil {
 		return 0, err
@@ -117,11 +118,12 @@ func deleteMatching(c flowConn, filters []Filter) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("conntrack: dump: %w", err)
 	}
+	idx := indexByPort(filters)
 	var deleted, failed int
 	var firstErr error
 	for _, fl := range flows {
 		e := entryOf(fl)
-		if !matchAny(filters, e) {
+		if !idx.matches(e) {
 			continue
 		}
 		switch err := c.Delete(deleteKey(fl)); {
