@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -183,8 +182,7 @@ func countFamily(as []netip.Addr, v4 bool) int {
 	return n
 }
 
-// target is where a service port sends a new connection: n endpoints, or a
-// verdict when there is none.
+// backend is one endpoint address and port a service port DNATs to.
 type backend struct {
 	addr netip.Addr
 	port uint16
@@ -316,6 +314,3 @@ func (d *svcDesired) backends(f family, nodePort bool, key func() *keyBuilder, b
 func (d *svcDesired) put(set string, e element) {
 	d.elems[set] = append(d.elems[set], e)
 }
-
-// maxAffinityTimeout is Kubernetes' limit on sessionAffinityConfig timeouts.
-const maxAffinityTimeout = 86400 * time.Second
