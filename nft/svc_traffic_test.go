@@ -115,7 +115,7 @@ func serveTCP(t *testing.T, ns *sandbox.NetNS, name, addr string) {
 	t.Helper()
 	var ln net.Listener
 	err := ns.Do(func() (err error) {
-		ln, err = net.Listen("tcp4", addr) // the socket stays in ns
+		ln, err = net.Listen("tcp", addr) // the socket stays in ns; addr's family
 		return err
 	})
 	if err != nil {
