@@ -4,12 +4,14 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,12 +60,40 @@ func buildBinaries(dir string) error {
 	return nil
 }
 
-// testLog adapts t.Logf to an io.Writer for lab progress.
-type testLog struct{ t *testing.T }
+// testLog adapts t.Log to an io.Writer for lab progress, one t.Log per
+// line: the lab's tables arrive cell by cell from tabwriter.
+type testLog struct {
+	t   *testing.T
+	mu  sync.Mutex
+	buf []byte
+}
 
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+// newTestLog returns a testLog for t that logs any unfinished line when the
+// test ends.
+func newTestLog(t *testing.T) *testLog {
+	w := &testLog{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if len(w.buf) > 0 {
+			t.Log(string(w.buf))
+		}
+	})
+	return w
+}
+
+func (w *testLog) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.t.Log(string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
 }
 
 // newLab starts a lab with n nodes and no pods; it is torn down with the test,

@@ -39,7 +39,11 @@ type Lab struct {
 	Opts  Options
 	Nodes []*Node
 	Pods  []*Pod
-	cni   *cniRuntime
+	// Services are the services WriteClusterFile lists; ApplyServices sets
+	// them.
+	Services []Service
+	cni      *cniRuntime
+	servers  []*svcServer
 }
 
 // Node is one node: a namespace on the underlay with its own podnetd.
@@ -142,15 +146,16 @@ func (l *Lab) addNode(n *Node) error {
 // ClusterFile is the standalone cluster file every node's daemon reads.
 func (l *Lab) ClusterFile() string { return filepath.Join(l.Opts.WorkDir, "cluster.yaml") }
 
-// WriteClusterFile writes the nodes (and no services) to ClusterFile.
+// WriteClusterFile writes the nodes and the lab's Services to ClusterFile,
+// replacing it atomically: the daemons poll it and never see half a file.
 func (l *Lab) WriteClusterFile() error {
 	var b strings.Builder
 	b.WriteString("nodes:\n")
 	for _, n := range l.Nodes {
 		fmt.Fprintf(&b, "  - name: %s\n    addresses: [%s]\n    podCIDRs: [%s]\n", n.Name, n.Addr, n.PodCIDR)
 	}
-	b.WriteString("services: []\n")
-	return os.WriteFile(l.ClusterFile(), []byte(b.String()), 0o644)
+	renderServices(&b, l.Services)
+	return writeFileAtomic(l.ClusterFile(), []byte(b.String()))
 }
 
 // StartDaemon starts podnetd inside the node's namespace, logging to

@@ -4,24 +4,33 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/podnet/podnet/daemon/client"
 )
 
+// Report is what Run checked.
+type Report struct {
+	Checks   []Check        // the connectivity matrix
+	Services []ServiceCheck // pod → service through the ClusterIP
+}
+
 // Run is the lab's main job: bring the cluster up, attach PodsPerNode pods to
-// every node through libcni, check and print the connectivity matrix, tear
-// everything down through CNI DEL, and verify no address was left allocated.
-// It returns an error unless every check passed.
-func Run(ctx context.Context, o Options) error {
-	out := o.Log
+// every node through libcni, check and print the connectivity matrix, add the
+// web service (WebService) to the cluster file once its endpoint pods exist,
+// check and print every pod's connections to it, tear everything down through
+// CNI DEL, and verify no address was left allocated. It returns what it
+// checked, and an error unless every check passed.
+func Run(ctx context.Context, o Options) (Report, error) {
+	var rep Report
 	start := time.Now()
 	l, err := Up(ctx, o)
 	if err != nil {
 		if l != nil {
 			l.Down(ctx)
 		}
-		return fmt.Errorf("lab up: %w", err)
+		return rep, fmt.Errorf("lab up: %w", err)
 	}
 	l.logf("▸ %d nodes up on underlay 192.0.2.0/24, one podnetd each (%s)", len(l.Nodes), time.Since(start).Round(time.Millisecond))
 	for _, n := range l.Nodes {
@@ -32,44 +41,82 @@ func Run(ctx context.Context, o Options) error {
 			p, err := l.AddPod(ctx, n, fmt.Sprintf("%s-pod%d", n.Name, i))
 			if err != nil {
 				l.Down(ctx)
-				return err
+				return rep, err
 			}
 			l.logf("▸ CNI ADD %-12s → eth0 %s (host %s)", p.Name, p.IP, p.Result.Interfaces[0].Name)
 		}
 	}
-	checks, err := l.Matrix()
+	rep.Checks, err = l.Matrix()
 	if err != nil {
 		l.Down(ctx)
-		return err
+		return rep, err
 	}
-	failed := 0
-	if out != nil {
-		failed = PrintMatrix(out, checks)
-	} else {
-		for _, c := range checks {
-			if !c.OK() {
-				failed++
-			}
-		}
+	failed := countFailed(rep.Checks, Check.OK)
+	if o.Log != nil {
+		PrintMatrix(o.Log, rep.Checks)
+	}
+	rep.Services, err = l.serviceJourney(ctx)
+	if err != nil {
+		l.Down(ctx)
+		return rep, err
+	}
+	svcFailed := countFailed(rep.Services, ServiceCheck.OK)
+	if o.Log != nil && len(rep.Services) > 0 {
+		PrintServiceChecks(o.Log, rep.Services)
 	}
 	l.logf("▸ tearing down: CNI DEL for every pod (twice, second with the netns gone)")
 	delErr := l.DelAllPods(ctx)
 	leakErr := l.CheckNoLeaks(ctx)
 	l.Down(ctx)
 	switch {
-	case failed > 0:
-		return fmt.Errorf("%d of %d connectivity checks failed", failed, len(checks))
+	case failed > 0 || svcFailed > 0:
+		return rep, fmt.Errorf("%d of %d connectivity checks and %d of %d service checks failed", failed, len(rep.Checks), svcFailed, len(rep.Services))
 	case delErr != nil:
-		return delErr
+		return rep, delErr
 	case leakErr != nil:
-		return leakErr
+		return rep, leakErr
 	}
 	l.logf("▸ no address or veth left behind; lab passed in %s", time.Since(start).Round(time.Millisecond))
-	return nil
+	return rep, nil
 }
 
-// DelAllPods runs CNI DEL for every pod.
+// serviceJourney starts the web service's servers in its endpoint pods, writes
+// the service into the cluster file, waits until every node programmed it and
+// checks every pod's connections to it. With pods on fewer than two nodes it
+// says why it skips and checks nothing.
+func (l *Lab) serviceJourney(ctx context.Context) ([]ServiceCheck, error) {
+	svc, err := l.WebService()
+	if err != nil {
+		l.logf("▸ skipping the service journey: %v", err)
+		return nil, nil
+	}
+	for _, p := range svc.Endpoints {
+		if err := l.ServeService(p, svc.TargetPort); err != nil {
+			return nil, err
+		}
+	}
+	start := time.Now()
+	if err := l.ApplyServices(ctx, svc); err != nil {
+		return nil, err
+	}
+	l.logf("\n▸ service %s (ClusterIP %s, TCP %d → %d, endpoints %s) written to the cluster file; programmed on every node in %s",
+		svc.Name, svc.VIP, svc.Port, svc.TargetPort, strings.Join(svc.EndpointNames(), ", "), time.Since(start).Round(time.Millisecond))
+	return l.CheckServices(), nil
+}
+
+func countFailed[T any](checks []T, ok func(T) bool) int {
+	n := 0
+	for _, c := range checks {
+		if !ok(c) {
+			n++
+		}
+	}
+	return n
+}
+
+// DelAllPods stops the service servers and runs CNI DEL for every pod.
 func (l *Lab) DelAllPods(ctx context.Context) error {
+	l.stopServers()
 	var errs []error
 	for _, p := range l.Pods {
 		errs = append(errs, l.DelPod(ctx, p))

@@ -2,8 +2,10 @@
 // namespaces inside its own `unshare --net --mount` sandbox; nothing outside
 // the sandbox is touched.
 //
-//	podnet-lab run    build the lab, check the connectivity matrix, tear down
-//	podnet-lab up     build the lab and keep it until interrupted (or `down`)
+//	podnet-lab run    build the lab, check the connectivity matrix and the web
+//	                  service's ClusterIP, tear down
+//	podnet-lab up     build the lab with the web service and keep it until
+//	                  interrupted (or `down`)
 //	podnet-lab down   stop a lab started with `up`
 package main
 
@@ -77,7 +79,8 @@ func run(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if cmd == "run" {
-		return lab.Run(ctx, o)
+		_, err := lab.Run(ctx, o)
+		return err
 	}
 	return up(ctx, o)
 }
@@ -99,6 +102,20 @@ func up(ctx context.Context, o lab.Options) error {
 			}
 			fmt.Printf("pod %s on %s: %s\n", p.Name, n.Name, p.IP)
 		}
+	}
+	if svc, err := l.WebService(); err == nil {
+		for _, p := range svc.Endpoints {
+			if err := l.ServeService(p, svc.TargetPort); err != nil {
+				l.Down(context.Background())
+				return err
+			}
+		}
+		if err := l.ApplyServices(ctx, svc); err != nil {
+			l.Down(context.Background())
+			return err
+		}
+		fmt.Printf("service %s: %s → %v port %d (each connection gets \"<pod> <client address>\", then an echo)\n",
+			svc.Name, svc.Dst(), svc.EndpointNames(), svc.TargetPort)
 	}
 	fmt.Printf("\nlab is up. Enter it with:\n  nsenter --net=/proc/%d/ns/net --mount=/proc/%d/ns/mnt bash\n", os.Getpid(), os.Getpid())
 	fmt.Printf("then e.g. `ip netns exec node1 ip route`, `%s/podnetctl --socket %s status`\n", o.BinDir, l.Nodes[0].Socket())
