@@ -30,13 +30,21 @@ func (e element) setElement() nftables.SetElement {
 
 // elementID identifies an element with its data, so that a changed map value
 // shows as a delete and an add.
+// Within one set every key, key end and value has the same length (or none),
+// so the concatenation is unambiguous.
 func elementID(key, keyEnd, val []byte, v *expr.Verdict) string {
-	id := fmt.Sprintf("%x/%x/%x", key, keyEnd, val)
+	b := make([]byte, 0, len(key)+len(keyEnd)+len(val)+3+16)
+	b = append(append(append(append(append(b, key...), '/'), keyEnd...), '/'), val...)
 	if v != nil {
-		id += fmt.Sprintf("/%d/%s", v.Kind, v.Chain)
+		b = append(b, '/')
+		b = binary.BigEndian.AppendUint32(b, uint32(v.Kind))
+		b = append(b, v.Chain...)
 	}
-	return id
+	return string(b)
 }
+
+// id identifies e with its data within its set.
+func (e element) id() string { return elementID(e.key, e.keyEnd, e.val, e.verdict) }
 
 // keyBuilder concatenates key fields as nftables registers hold them: each field
 // padded to a multiple of 4 bytes.
