@@ -1,48 +1,54 @@
 package nft
 
 import (
+	"encoding/binary"
 	"fmt"
+	"hash/maphash"
 	"maps"
 	"net/netip"
 	"slices"
 )
 
 // svcIndex computes the service part of the table incrementally. It remembers,
-// for each service, the value it was computed from with the elements and
-// endpoint-count chains that value contributes, and counts how many applied
-// services contribute each element and chain (two services share a hairpin
-// element when they share an endpoint). An update recomputes only the services
-// whose value changed, so that with 50k services a change of one endpoint costs
-// one service's work plus a pass that compares each service with its last value.
+// for each service, a fingerprint of the value it was computed from and the
+// elements and endpoint-count chains that value contributes. An update
+// recomputes only the services whose fingerprint changed, so that with 50k
+// services a change of one endpoint costs one service's work plus a pass that
+// hashes each service and checks its claims.
+//
+// Most elements belong to exactly one service: their keys start with a VIP
+// port or NodePort, which one service claims. Only cluster-ips elements (two
+// services may share a ClusterIP on different ports) and hairpin elements (two
+// services may share an endpoint), and the chains, are counted.
 type svcIndex struct {
+	seed     maphash.Seed
 	node     string
 	localIPs []netip.Addr
-	entries  map[string]*svcEntry // every service of the last update, by namespace/name
-	applied  map[string]*svcEntry // those that were valid and claimed nothing taken
-	elems    map[string]map[string]*counted
+	epoch    uint64
+	entries  map[svcID]*svcEntry
+	buf      []byte // fingerprint's scratch buffer
+	claimed  map[svcKey]svcID
+	shared   map[string]int // set index and key of a counted element → services using it
 	chains   map[string]*countedChain
 }
 
+type svcID struct{ namespace, name string }
+
 // svcEntry is one service and what it contributes to the table.
 type svcEntry struct {
-	svc    Service
-	keys   []svcKey // the VIP ports and NodePorts it claims
-	err    error    // why the service cannot be programmed
-	elems  []setElement
-	chains []countChain
+	sum     uint64   // fingerprint of the Service
+	keys    []svcKey // the VIP ports and NodePorts it claims
+	err     error    // why the service cannot be programmed
+	elems   []setElement
+	chains  []countChain
+	epoch   uint64 // the update that last saw the service
+	applied bool   // programmed by the last update that saw it
 }
 
-// setElement is an element with the set it belongs to and its identity.
+// setElement is an element with the index in setSpecs of its set.
 type setElement struct {
-	set string
-	id  string
+	set int
 	e   element
-}
-
-type counted struct {
-	e  element
-	id string
-	n  int
 }
 
 type countedChain struct {
@@ -62,8 +68,22 @@ func (d svcDelta) empty() bool {
 }
 
 func newSvcIndex() *svcIndex {
-	return &svcIndex{entries: map[string]*svcEntry{}, applied: map[string]*svcEntry{},
-		elems: map[string]map[string]*counted{}, chains: map[string]*countedChain{}}
+	return &svcIndex{seed: maphash.MakeSeed(), entries: map[svcID]*svcEntry{}, shared: map[string]int{}, chains: map[string]*countedChain{}}
+}
+
+// setIndex maps set names to their index in setSpecs.
+var setIndex = func() map[string]int {
+	m := map[string]int{}
+	for i, spec := range setSpecs {
+		m[spec.name] = i
+	}
+	return m
+}()
+
+// sharedSet reports whether elements of set i may come from several services.
+func sharedSet(i int) bool {
+	n := setSpecs[i].name
+	return n == "cluster-ips-v4" || n == "cluster-ips-v6" || n == "hairpin-v4" || n == "hairpin-v6"
 }
 
 // update makes the index hold the services of s and returns what changed in
@@ -74,65 +94,169 @@ func newSvcIndex() *svcIndex {
 func (x *svcIndex) update(s State) (svcDelta, []string) {
 	reuse := s.NodeName == x.node && slices.Equal(s.LocalIPs, x.localIPs)
 	x.node, x.localIPs = s.NodeName, slices.Clone(s.LocalIPs)
-	entries := make(map[string]*svcEntry, len(s.Services))
-	applied := make(map[string]*svcEntry, len(s.Services))
-	claimed := make(map[svcKey]string, len(s.Services))
+	x.epoch++
+	if x.claimed == nil {
+		x.claimed = make(map[svcKey]svcID, len(s.Services))
+	}
+	claimed := x.claimed
+	clear(claimed) // keeps its buckets: no 50k-entry map to allocate per update
+	t := &tally{x: x, add: map[string][]element{}, del: map[string][]element{}, sharedBefore: map[string]bool{}, chainBefore: map[*countedChain]bool{}}
 	var problems []string
+	seen := 0 // services of s in entries
 	for i, svc := range s.Services {
-		id := svc.Namespace + "/" + svc.Name
-		if _, dup := entries[id]; dup {
-			problems = append(problems, fmt.Sprintf("Services[%d] %s: listed twice", i, id))
+		id := svcID{svc.Namespace, svc.Name}
+		old := x.entries[id]
+		if old != nil && old.epoch == x.epoch {
+			problems = append(problems, fmt.Sprintf("Services[%d] %s/%s: listed twice", i, id.namespace, id.name))
 			continue
 		}
-		e := x.entries[id]
-		if !reuse || e == nil || !e.svc.equal(svc) {
-			e = newSvcEntry(svc, s.NodeName, s.LocalIPs)
+		e, sum := old, x.fingerprint(svc)
+		if !reuse || e == nil || e.sum != sum {
+			e = newSvcEntry(svc, sum, s.NodeName, s.LocalIPs)
+			x.entries[id] = e
 		}
-		entries[id] = e
+		e.epoch = x.epoch
+		seen++
 		err := e.err
 		if err == nil {
 			for _, k := range e.keys {
 				if other, ok := claimed[k]; ok {
-					err = fmt.Errorf("%s %d/%s already used by service %s", vipOrNodePort(k), k.port, protoName(k.proto), other)
+					err = fmt.Errorf("%s %d/%s already used by service %s/%s", vipOrNodePort(k), k.port, protoName(k.proto), other.namespace, other.name)
 					break
 				}
 			}
 		}
+		wasApplied := old != nil && old.applied
+		e.applied = err == nil
 		if err != nil {
-			problems = append(problems, fmt.Sprintf("Services[%d] %s: %v", i, id, err))
-			continue
+			problems = append(problems, fmt.Sprintf("Services[%d] %s/%s: %v", i, id.namespace, id.name, err))
+		} else {
+			for _, k := range e.keys {
+				claimed[k] = id
+			}
 		}
-		for _, k := range e.keys {
-			claimed[k] = id
+		var from *svcEntry
+		if wasApplied {
+			from = old
 		}
-		applied[id] = e
+		var to *svcEntry
+		if e.applied {
+			to = e
+		}
+		if from != to {
+			t.change(from, to)
+		}
 	}
-	t := x.newTally()
-	for id, old := range x.applied {
-		if applied[id] != old {
-			t.count(old, -1)
+	for id, e := range x.entries {
+		if seen == len(x.entries) {
+			break // nothing removed
+		}
+		if e.epoch != x.epoch {
+			if e.applied {
+				t.change(e, nil)
+			}
+			delete(x.entries, id)
 		}
 	}
-	for id, e := range applied {
-		if x.applied[id] != e {
-			t.count(e, +1)
-		}
-	}
-	x.entries, x.applied = entries, applied
 	return t.delta(), problems
 }
 
-func newSvcEntry(svc Service, node string, localIPs []netip.Addr) *svcEntry {
-	e := &svcEntry{svc: svc.Clone()}
+// fingerprint hashes what of svc the table depends on: every field, lists in
+// order, and of each endpoint's port map the ports of the service's port names
+// (other names select nothing).
+func (x *svcIndex) fingerprint(svc Service) uint64 {
+	w := fpWriter{b: x.buf[:0]}
+	w.str(svc.Namespace)
+	w.str(svc.Name)
+	w.addrs(svc.ClusterIPs)
+	w.addrs(svc.ExternalIPs)
+	w.addrs(svc.LoadBalancerIPs)
+	w.num(uint64(len(svc.LoadBalancerSourceRanges)))
+	for _, p := range svc.LoadBalancerSourceRanges {
+		w.addr(p.Addr())
+		w.num(uint64(p.Bits() + 1))
+	}
+	w.num(uint64(len(svc.Ports)))
+	for _, p := range svc.Ports {
+		w.str(p.Name)
+		w.str(string(p.Protocol))
+		w.num(uint64(p.Port)<<16 | uint64(p.NodePort))
+	}
+	w.str(string(svc.InternalTrafficPolicy))
+	w.str(string(svc.ExternalTrafficPolicy))
+	w.num(uint64(svc.AffinityTimeout))
+	w.num(uint64(len(svc.Endpoints)))
+	for _, ep := range svc.Endpoints {
+		w.addr(ep.Address)
+		w.str(ep.NodeName)
+		var flags uint64
+		if ep.Ready {
+			flags |= 1
+		}
+		if ep.Serving {
+			flags |= 2
+		}
+		if ep.Terminating {
+			flags |= 4
+		}
+		for i, p := range svc.Ports {
+			if port, ok := ep.Ports[p.Name]; ok {
+				flags |= (uint64(port) | 1<<16) << (8 + 17*(i%3))
+			}
+			if i%3 == 2 || i == len(svc.Ports)-1 {
+				w.num(flags)
+				flags = 0
+			}
+		}
+		w.num(flags)
+	}
+	x.buf = w.b
+	return maphash.Bytes(x.seed, w.b)
+}
+
+// fpWriter appends the fields fingerprint hashes, each self-delimiting.
+type fpWriter struct{ b []byte }
+
+func (w *fpWriter) str(s string) {
+	w.b = append(binary.LittleEndian.AppendUint32(w.b, uint32(len(s))), s...)
+}
+
+func (w *fpWriter) num(v uint64) { w.b = binary.LittleEndian.AppendUint64(w.b, v) }
+
+func (w *fpWriter) addr(a netip.Addr) {
+	if a.Is4() {
+		b := a.As4()
+		w.b = append(append(w.b, 4), b[:]...)
+		return
+	}
+	b := a.As16()
+	w.b = append(append(append(w.b, 16), b[:]...), a.Zone()...)
+	w.b = append(w.b, 0)
+}
+
+func (w *fpWriter) addrs(as []netip.Addr) {
+	w.num(uint64(len(as)))
+	for _, a := range as {
+		w.addr(a)
+	}
+}
+
+func newSvcEntry(svc Service, sum uint64, node string, localIPs []netip.Addr) *svcEntry {
+	e := &svcEntry{sum: sum}
 	e.keys, e.err = checkService(svc)
 	if e.err != nil {
 		return e
 	}
 	frag := svcDesired{elems: map[string][]element{}, chains: map[string]countChain{}}
 	frag.add(svc, node, localIPs)
+	n := 0
+	for _, es := range frag.elems {
+		n += len(es)
+	}
+	e.elems = make([]setElement, 0, n)
 	for _, set := range slices.Sorted(maps.Keys(frag.elems)) {
 		for _, el := range frag.elems[set] {
-			e.elems = append(e.elems, setElement{set: set, id: el.id(), e: el})
+			e.elems = append(e.elems, setElement{set: setIndex[set], e: el})
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(frag.chains)) {
@@ -141,41 +265,80 @@ func newSvcEntry(svc Service, node string, localIPs []netip.Addr) *svcEntry {
 	return e
 }
 
-// tally counts contributions in and out of the index and remembers, for each
-// element and chain it touched, whether it was in the union before.
+// tally collects the changes of one update.
 type tally struct {
-	x           *svcIndex
-	elemBefore  map[*counted]bool
-	elemSet     map[*counted]string
-	elemOrder   []*counted
-	chainBefore map[*countedChain]bool
-	chainOrder  []*countedChain
+	x            *svcIndex
+	add, del     map[string][]element
+	sharedBefore map[string]bool
+	sharedElems  map[string]setElement
+	sharedOrder  []string
+	chainBefore  map[*countedChain]bool
+	chainOrder   []*countedChain
 }
 
-func (x *svcIndex) newTally() *tally {
-	return &tally{x: x, elemBefore: map[*counted]bool{}, elemSet: map[*counted]string{}, chainBefore: map[*countedChain]bool{}}
-}
-
-func (t *tally) count(e *svcEntry, n int) {
-	for _, se := range e.elems {
-		m := t.x.elems[se.set]
-		if m == nil {
-			m = map[string]*counted{}
-			t.x.elems[se.set] = m
-		}
-		c := m[se.id]
-		if c == nil {
-			c = &counted{e: se.e, id: se.id}
-			m[se.id] = c
-		}
-		if _, ok := t.elemBefore[c]; !ok {
-			t.elemBefore[c] = c.n > 0
-			t.elemSet[c] = se.set
-			t.elemOrder = append(t.elemOrder, c)
-		}
-		c.n += n
+// change records a service's contribution going from from to to (either nil:
+// none).
+func (t *tally) change(from, to *svcEntry) {
+	var oldElems, newElems []setElement
+	if from != nil {
+		oldElems = from.elems
+		t.countChains(from.chains, -1)
 	}
-	for _, ch := range e.chains {
+	if to != nil {
+		newElems = to.elems
+		t.countChains(to.chains, +1)
+	}
+	// Elements of one service: a diff of its two small lists.
+	ids := make(map[string]bool, len(oldElems))
+	for _, se := range oldElems {
+		if !sharedSet(se.set) {
+			ids[se.e.id()] = true
+		}
+	}
+	for _, se := range newElems {
+		if sharedSet(se.set) {
+			continue
+		}
+		id := se.e.id()
+		if ids[id] {
+			delete(ids, id) // unchanged
+		} else {
+			name := setSpecs[se.set].name
+			t.add[name] = append(t.add[name], se.e)
+		}
+	}
+	for _, se := range oldElems {
+		if !sharedSet(se.set) && ids[se.e.id()] {
+			name := setSpecs[se.set].name
+			t.del[name] = append(t.del[name], se.e)
+		}
+	}
+	for _, se := range oldElems {
+		t.countShared(se, -1)
+	}
+	for _, se := range newElems {
+		t.countShared(se, +1)
+	}
+}
+
+func (t *tally) countShared(se setElement, n int) {
+	if !sharedSet(se.set) {
+		return
+	}
+	k := string(rune(se.set)) + string(se.e.key)
+	if _, ok := t.sharedBefore[k]; !ok {
+		t.sharedBefore[k] = t.x.shared[k] > 0
+		if t.sharedElems == nil {
+			t.sharedElems = map[string]setElement{}
+		}
+		t.sharedElems[k] = se
+		t.sharedOrder = append(t.sharedOrder, k)
+	}
+	t.x.shared[k] += n
+}
+
+func (t *tally) countChains(cs []countChain, n int) {
+	for _, ch := range cs {
 		c := t.x.chains[ch.name()]
 		if c == nil {
 			c = &countedChain{c: ch}
@@ -190,19 +353,20 @@ func (t *tally) count(e *svcEntry, n int) {
 }
 
 // delta returns the elements and chains whose presence in the union changed,
-// and drops those no service contributes any more.
+// and forgets the counted ones no service uses any more.
 func (t *tally) delta() svcDelta {
-	d := svcDelta{add: map[string][]element{}, del: map[string][]element{}}
-	for _, c := range t.elemOrder {
-		set, before, after := t.elemSet[c], t.elemBefore[c], c.n > 0
+	d := svcDelta{add: t.add, del: t.del}
+	for _, k := range t.sharedOrder {
+		se, before, after := t.sharedElems[k], t.sharedBefore[k], t.x.shared[k] > 0
+		name := setSpecs[se.set].name
 		switch {
 		case before && !after:
-			d.del[set] = append(d.del[set], c.e)
+			d.del[name] = append(d.del[name], se.e)
 		case !before && after:
-			d.add[set] = append(d.add[set], c.e)
+			d.add[name] = append(d.add[name], se.e)
 		}
 		if !after {
-			delete(t.x.elems[set], c.id)
+			delete(t.x.shared, k)
 		}
 	}
 	for _, c := range t.chainOrder {
@@ -217,27 +381,32 @@ func (t *tally) delta() svcDelta {
 			delete(t.x.chains, c.c.name())
 		}
 	}
-	for _, m := range []map[string][]element{d.add, d.del} {
-		for set := range m {
-			if len(m[set]) == 0 {
-				delete(m, set)
-			}
-		}
-	}
 	return d
 }
 
 // union returns every element and chain of the applied services, elements
 // sorted as nft lists them.
 func (x *svcIndex) union() svcDesired {
-	d := svcDesired{elems: make(map[string][]element, len(x.elems)), chains: make(map[string]countChain, len(x.chains))}
-	for set, m := range x.elems {
-		es := make([]element, 0, len(m))
-		for _, c := range m {
-			es = append(es, c.e)
+	d := svcDesired{elems: map[string][]element{}, chains: make(map[string]countChain, len(x.chains))}
+	seen := map[string]bool{}
+	for _, e := range x.entries {
+		if !e.applied {
+			continue
 		}
-		sortElements(es)
-		d.elems[set] = es
+		for _, se := range e.elems {
+			if sharedSet(se.set) {
+				k := string(rune(se.set)) + string(se.e.key)
+				if seen[k] {
+					continue
+				}
+				seen[k] = true
+			}
+			name := setSpecs[se.set].name
+			d.elems[name] = append(d.elems[name], se.e)
+		}
+	}
+	for name := range d.elems {
+		sortElements(d.elems[name])
 	}
 	for name, c := range x.chains {
 		d.chains[name] = c.c

@@ -11,7 +11,7 @@ import (
 func deltaTexts(m map[string][]element, set string) []string {
 	var out []string
 	for _, e := range m[set] {
-		out = append(out, e.text)
+		out = append(out, e.text())
 	}
 	slices.Sort(out)
 	return out
@@ -50,8 +50,8 @@ func TestSvcIndexCountsSharedElements(t *testing.T) {
 	if got := deltaTexts(d.del, "hairpin-v4"); len(got) != 1 || len(d.delChains) != 1 {
 		t.Errorf("removing b: deletes hairpin %v and chains %v, want both gone", got, d.delChains)
 	}
-	if len(x.elems["hairpin-v4"])+len(x.chains) != 0 {
-		t.Errorf("empty index still counts %d hairpin elements and %d chains", len(x.elems["hairpin-v4"]), len(x.chains))
+	if len(x.shared)+len(x.chains)+len(x.entries) != 0 {
+		t.Errorf("empty index still counts %d shared elements, %d chains, %d services", len(x.shared), len(x.chains), len(x.entries))
 	}
 }
 
@@ -99,7 +99,7 @@ func sameUnion(a, b svcDesired) bool {
 		}
 	}
 	for _, spec := range setSpecs {
-		if !slices.EqualFunc(a.elems[spec.name], b.elems[spec.name], func(x, y element) bool { return x.text == y.text }) {
+		if !slices.EqualFunc(a.elems[spec.name], b.elems[spec.name], func(x, y element) bool { return x.text() == y.text() }) {
 			return false
 		}
 	}
@@ -130,4 +130,23 @@ func TestTableSyncRepairsOutsideChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSynced(t, ns, s)
+}
+
+// Element text is derived from the bytes: check the forms that mix families.
+func TestElementText(t *testing.T) {
+	ep6 := netip.MustParseAddr("fd00::5")
+	for _, c := range []struct {
+		e    element
+		want string
+	}{
+		{mapElem(newKey().proto(6).port(30080).slot(2), newKey().addr(ep6).port(8080)), "tcp . 30080 . 0x00000002 : fd00::5 . 8080"},
+		{mapElem(newKey().proto(17).port(53).slot(0), newKey().addr(netip.MustParseAddr("10.1.2.3")).port(5353)), "udp . 53 . 0x00000000 : 10.1.2.3 . 5353"},
+		{rangeElem(newKey().addr(netip.MustParseAddr("2001:db8::1")).proto(6).port(443), netip.MustParsePrefix("2001:db8:1::/48")), "2001:db8::1 . tcp . 443 . 2001:db8:1::/48"},
+		{rangeElem(newKey().addr(netip.MustParseAddr("198.51.100.1")).proto(6).port(443), netip.MustParsePrefix("192.0.2.7/32")), "198.51.100.1 . tcp . 443 . 192.0.2.7"},
+		{setElem(newKey().addr(ep6).addr(ep6)), "fd00::5 . fd00::5"},
+	} {
+		if got := c.e.text(); got != c.want {
+			t.Errorf("text %q, want %q", got, c.want)
+		}
+	}
 }
