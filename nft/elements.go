@@ -1,7 +1,6 @@
 package nft
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 
@@ -104,7 +103,11 @@ func elementChanges(have map[string][]nftables.SetElement, d desired) []setChang
 // elementKey identifies an element of a set without data: its key and whether it
 // ends an interval.
 func elementKey(e nftables.SetElement) string {
-	return elementID(e.Key, e.KeyEnd, e.Val, e.VerdictData) + fmt.Sprintf("/%t", e.IntervalEnd)
+	id := elementID(e.Key, e.KeyEnd, e.Val, e.VerdictData)
+	if e.IntervalEnd {
+		return id + "/end"
+	}
+	return id
 }
 
 // sameElements reports whether two element lists hold the same elements, in any

@@ -20,7 +20,7 @@ import (
 func TestMain(m *testing.M) { sandbox.Main(m) }
 
 // newTable returns a Table programming ns.
-func newTable(t *testing.T, ns *sandbox.NetNS) *Table {
+func newTable(t testing.TB, ns *sandbox.NetNS) *Table {
 	t.Helper()
 	tbl, err := New(WithNetNSFd(ns.Fd()))
 	if err != nil {

@@ -38,7 +38,7 @@ func (d desired) render() string {
 		switch {
 		case spec.svc:
 			for _, e := range d.svc.elems[spec.name] {
-				elems = append(elems, e.text)
+				elems = append(elems, e.text())
 			}
 		case spec.interval:
 			for _, p := range d.prefixes[spec.name] {

@@ -109,3 +109,25 @@ func (s Service) Clone() Service {
 	}
 	return c
 }
+
+// equal reports whether s and o are the same service: every field equal, lists
+// in the same order.
+func (s Service) equal(o Service) bool {
+	if s.Namespace != o.Namespace || s.Name != o.Name ||
+		s.InternalTrafficPolicy != o.InternalTrafficPolicy || s.ExternalTrafficPolicy != o.ExternalTrafficPolicy ||
+		s.AffinityTimeout != o.AffinityTimeout ||
+		!slices.Equal(s.ClusterIPs, o.ClusterIPs) || !slices.Equal(s.ExternalIPs, o.ExternalIPs) ||
+		!slices.Equal(s.LoadBalancerIPs, o.LoadBalancerIPs) ||
+		!slices.Equal(s.LoadBalancerSourceRanges, o.LoadBalancerSourceRanges) ||
+		!slices.Equal(s.Ports, o.Ports) || len(s.Endpoints) != len(o.Endpoints) {
+		return false
+	}
+	for i, ep := range s.Endpoints {
+		oe := o.Endpoints[i]
+		if ep.Address != oe.Address || ep.NodeName != oe.NodeName || ep.Ready != oe.Ready ||
+			ep.Serving != oe.Serving || ep.Terminating != oe.Terminating || !maps.Equal(ep.Ports, oe.Ports) {
+			return false
+		}
+	}
+	return true
+}

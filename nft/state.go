@@ -75,6 +75,23 @@ type desired struct {
 // normalize validates s and returns the content of every set. The error, a
 // *SkippedError, lists the values it left out; everything else is in desired.
 func normalize(s State) (desired, error) {
+	d, problems := normalizeBase(s)
+	var svcProblems []string
+	d.svc, svcProblems = normalizeServices(s)
+	return d, skippedError(append(problems, svcProblems...))
+}
+
+// skippedError is a *SkippedError listing problems, or nil if there is none.
+func skippedError(problems []string) error {
+	if len(problems) > 0 {
+		return &SkippedError{Problems: problems}
+	}
+	return nil
+}
+
+// normalizeBase validates the fields of s other than its services and returns
+// the content of the sets they fill, with a line for each value left out.
+func normalizeBase(s State) (desired, []string) {
 	var problems []string
 	var p4, p6 []netip.Prefix
 	for i, p := range s.ClusterCIDRs {
@@ -112,13 +129,7 @@ func normalize(s State) (desired, error) {
 			setNodeIPs6: sortedUnique(a6),
 		},
 	}
-	var svcProblems []string
-	d.svc, svcProblems = normalizeServices(s)
-	problems = append(problems, svcProblems...)
-	if len(problems) > 0 {
-		return d, &SkippedError{Problems: problems}
-	}
-	return d, nil
+	return d, problems
 }
 
 // outermost sorts prefixes of one family by address and drops duplicates and

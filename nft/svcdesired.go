@@ -58,38 +58,12 @@ type svcKey struct {
 }
 
 // normalizeServices validates the services of s and returns the elements and
-// chains that program them. A service with any invalid field, or claiming a VIP
-// port or NodePort an earlier service claimed, is left out whole; problems names
-// each one.
+// chains that program them; problems names each service left out (see
+// svcIndex.update).
 func normalizeServices(s State) (svcDesired, []string) {
-	d := svcDesired{elems: map[string][]element{}, chains: map[string]countChain{}}
-	claimed := map[svcKey]string{}
-	var problems []string
-	for i, svc := range s.Services {
-		id := svc.Namespace + "/" + svc.Name
-		keys, err := checkService(svc)
-		if err == nil {
-			for _, k := range keys {
-				if other, ok := claimed[k]; ok {
-					err = fmt.Errorf("%s %d/%s already used by service %s", vipOrNodePort(k), k.port, protoName(k.proto), other)
-					break
-				}
-			}
-		}
-		if err != nil {
-			problems = append(problems, fmt.Sprintf("Services[%d] %s: %v", i, id, err))
-			continue
-		}
-		for _, k := range keys {
-			claimed[k] = id
-		}
-		d.add(svc, s.NodeName, s.LocalIPs)
-	}
-	for name := range d.elems {
-		sortElements(d.elems[name])
-		d.elems[name] = slices.CompactFunc(d.elems[name], func(a, b element) bool { return a.text == b.text })
-	}
-	return d, problems
+	x := newSvcIndex()
+	_, problems := x.update(s)
+	return x.union(), problems
 }
 
 func vipOrNodePort(k svcKey) string {

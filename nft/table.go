@@ -52,8 +52,19 @@ func WithNetNSFd(fd int) Option {
 // the kernel applies entirely or not at all. Methods are safe for concurrent use;
 // calls are serialised.
 type Table struct {
-	mu    sync.Mutex
-	copts []nftables.ConnOption
+	mu      sync.Mutex
+	copts   []nftables.ConnOption
+	netnsFd int // 0: the process's own namespace
+
+	// idx is the service part of the last State, computed incrementally.
+	idx *svcIndex
+	// synced says that the kernel table held, at ruleset generation gen, what
+	// the last Sync asked for: base and the union of idx. The next Sync then
+	// sends only the difference without reading the table back, unless the
+	// generation moved (another batch was committed since, by anyone).
+	synced bool
+	gen    uint32
+	base   desired
 }
 
 // sendBuffer is the socket send buffer Table asks for: a batch must fit in it
@@ -77,7 +88,7 @@ func New(opts ...Option) (*Table, error) {
 	if o.netnsFd > 0 {
 		copts = append(copts, nftables.WithNetNSFd(o.netnsFd))
 	}
-	t := &Table{copts: copts}
+	t := &Table{copts: copts, netnsFd: o.netnsFd, idx: newSvcIndex()}
 	conn, err := t.newConn()
 	if err != nil {
 		return nil, err
@@ -112,6 +123,11 @@ func forceSendBuffer(c *netlink.Conn) error {
 		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer) != nil {
 			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, sendBuffer)
 		}
+		// The kernel acknowledges each message of a batch; hundreds of
+		// acknowledgements overflow the default receive buffer (ENOBUFS).
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, sendBuffer) != nil {
+			serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, sendBuffer))
+		}
 	})
 	if err = errors.Join(err, serr); err != nil {
 		return fmt.Errorf("nft: socket send buffer: %w", err)
@@ -124,33 +140,47 @@ func podnetTable() *nftables.Table {
 	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 }
 
-// Sync makes the kernel table equal s; see Interface. It reads the table first:
-// if the sets, the chain and the rule tags are what this version writes, the batch
-// only adds and deletes elements of the address sets and, for an interval set whose
-// content changed, flushes it and adds all its elements again; a batch with nothing
-// to change is not sent. Otherwise the batch deletes the table (if any) and creates
-// it whole. On a kernel error nothing changed and the error is returned, joined
-// with the *SkippedError if values were skipped.
+// Sync makes the kernel table equal s; see Interface. The services of s are
+// compared with those of the last Sync and only changed ones are recomputed. If
+// the last Sync succeeded and no batch was committed in the namespace since (the
+// ruleset generation did not move), the batch holds just the difference between
+// the two States. Otherwise Sync reads the table: if its sets, chains and rule
+// tags are what this version writes, the batch only adds and deletes elements
+// (and flushes and refills an interval set whose content changed); if not, the
+// batch deletes the table (if any) and creates it whole. A batch with nothing to
+// change is not sent. On a kernel error nothing changed and the error is
+// returned, joined with the *SkippedError if values were skipped.
 func (t *Table) Sync(s State) error {
-	d, skipped := normalize(s)
+	base, problems := normalizeBase(s)
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return errors.Join(t.sync(d), skipped)
+	delta, svcProblems := t.idx.update(s)
+	return errors.Join(t.sync(base, delta), skippedError(append(problems, svcProblems...)))
 }
 
-func (t *Table) sync(d desired) error {
+func (t *Table) sync(base desired, delta svcDelta) error {
 	conn, err := t.newConn()
 	if err != nil {
 		return err
 	}
-	cur, err := read(conn)
-	if err != nil {
-		return err
-	}
-	if cur.current {
-		err = queueUpdate(conn, cur, d)
+	gen0, genErr := t.generation()
+	fast := genErr == nil && t.synced && gen0 == t.gen
+	t.synced = false
+	var changed bool
+	if fast {
+		changed, err = queueDelta(conn, t.base, base, delta)
 	} else {
-		err = queueCreate(conn, cur.exists, d)
+		d := base
+		d.svc = t.idx.union()
+		var cur kernelState
+		if cur, err = read(conn); err != nil {
+			return err
+		}
+		if cur.current {
+			changed, err = queueUpdate(conn, cur, d)
+		} else {
+			changed, err = true, queueCreate(conn, cur.exists, d)
+		}
 	}
 	if err != nil {
 		return err // the half-built batch is dropped with conn
@@ -158,7 +188,64 @@ func (t *Table) sync(d desired) error {
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("nft: sync table inet %s: %w", TableName, err)
 	}
+	if genErr != nil {
+		return nil
+	}
+	// The batch is ours if the generation moved by exactly one (or not at
+	// all for an empty batch); if another batch slipped in, read next time.
+	if gen1, err := t.generation(); err == nil && (changed && gen1 == gen0+1 || !changed && gen1 == gen0) {
+		t.synced, t.gen, t.base = true, gen1, base
+	}
 	return nil
+}
+
+// queueDelta queues the changes from the state last applied, base old and the
+// services before delta, to base and the services after delta. It reports
+// whether it queued anything.
+func queueDelta(conn *nftables.Conn, old, base desired, delta svcDelta) (bool, error) {
+	sets := map[string]*nftables.Set{}
+	for _, spec := range setSpecs {
+		sets[spec.name] = spec.newSet(podnetTable())
+	}
+	for _, c := range delta.addChains {
+		addCountChain(conn, sets, c)
+	}
+	have := map[string][]nftables.SetElement{}
+	for _, spec := range setSpecs {
+		if !spec.svc {
+			have[spec.name] = spec.elements(old)
+		}
+	}
+	changes := elementChanges(have, base)
+	if err := queueElementChanges(conn, changes); err != nil {
+		return false, err
+	}
+	for _, spec := range setSpecs {
+		del, add := delta.del[spec.name], delta.add[spec.name]
+		if len(del)+len(add) == 0 {
+			continue
+		}
+		dels := make([]nftables.SetElement, len(del))
+		for i, e := range del {
+			dels[i] = nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd}
+		}
+		adds := make([]nftables.SetElement, len(add))
+		for i, e := range add {
+			adds[i] = e.setElement()
+		}
+		if err := deleteElements(conn, sets[spec.name], dels); err != nil {
+			return false, err
+		}
+		if err := addElements(conn, sets[spec.name], adds); err != nil {
+			return false, err
+		}
+	}
+	for _, c := range delta.delChains {
+		chain := &nftables.Chain{Table: podnetTable(), Name: c.name()}
+		conn.FlushChain(chain)
+		conn.DelChain(chain)
+	}
+	return len(changes) > 0 || !delta.empty(), nil
 }
 
 // queueCreate queues the whole table with d's elements, after deleting the old
@@ -211,7 +298,8 @@ func addCountChain(conn *nftables.Conn, sets map[string]*nftables.Set, c countCh
 // queueUpdate queues the changes that turn the current table cur into d: new
 // endpoint-count chains first, so that new elements can jump to them, then the
 // element changes, then the chains no element jumps to any more.
-func queueUpdate(conn *nftables.Conn, cur kernelState, d desired) error {
+func queueUpdate(conn *nftables.Conn, cur kernelState, d desired) (bool, error) {
+	changed := false
 	sets := map[string]*nftables.Set{}
 	for _, spec := range setSpecs {
 		sets[spec.name] = spec.newSet(podnetTable())
@@ -219,19 +307,22 @@ func queueUpdate(conn *nftables.Conn, cur kernelState, d desired) error {
 	for name, c := range d.svc.chains {
 		if !cur.countChains[name] {
 			addCountChain(conn, sets, c)
+			changed = true
 		}
 	}
-	if err := queueElementChanges(conn, elementChanges(cur.elements, d)); err != nil {
-		return err
+	changes := elementChanges(cur.elements, d)
+	if err := queueElementChanges(conn, changes); err != nil {
+		return false, err
 	}
 	for name := range cur.countChains {
 		if _, ok := d.svc.chains[name]; !ok {
 			chain := &nftables.Chain{Table: podnetTable(), Name: name}
 			conn.FlushChain(chain)
 			conn.DelChain(chain)
+			changed = true
 		}
 	}
-	return nil
+	return changed || len(changes) > 0, nil
 }
 
 // queueElementChanges queues changes to the sets of the existing table.
@@ -409,6 +500,7 @@ func sameChain(c, want *nftables.Chain) bool {
 func (t *Table) Cleanup() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	t.synced = false
 	conn, err := t.newConn()
 	if err != nil {
 		return err
