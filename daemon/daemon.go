@@ -14,6 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/daemon/api"
 	"github.com/podnet/podnet/ipam"
 	"github.com/podnet/podnet/nft"
@@ -23,10 +24,16 @@ import (
 // Version is podnetd's version, set at build time.
 var Version = "dev"
 
-// Deps are the kernel-facing parts; nil ones get the real implementation.
+// Deps are the kernel-facing parts. Nil Kernel and NFT get the real
+// implementation.
 type Deps struct {
 	Kernel routing.Interface
 	NFT    nft.Interface
+	// Conntrack deletes the UDP conntrack entries that service changes leave
+	// stale (podnetd passes a *conntrack.Table). Nil turns that off: stale
+	// entries then live until their clients go quiet. Never set it to a nil
+	// *conntrack.Table.
+	Conntrack conntrack.Interface
 }
 
 // Daemon is one podnetd.
@@ -44,6 +51,9 @@ type Daemon struct {
 	podNet   atomic.Pointer[podNet]
 	trigger  chan struct{}
 	sysctl   func(name, value string) error // setSysctl; replaced in tests
+
+	// ctClean deletes stale conntrack entries after syncs; nil if turned off.
+	ctClean *conntrackCleaner
 
 	mu     sync.Mutex
 	status api.Status
@@ -67,6 +77,10 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 	}
 	d.podNet.Store(&podNet{Reason: "first sync not done"})
 	d.status = api.Status{Version: Version, Node: cfg.NodeName, Source: "file:" + cfg.ClusterFile, Bridge: cfg.Bridge, StartedAt: time.Now()}
+	if deps.Conntrack != nil {
+		d.ctClean = &conntrackCleaner{ct: deps.Conntrack}
+		d.status.ConntrackCleanup = true
+	}
 	return d, nil
 }
 
@@ -260,6 +274,7 @@ func (d *Daemon) syncNode() error {
 	if nftErr == nil { // the table holds this state, less what it skipped
 		v := newServiceView(c, nftSkipped)
 		d.logRefused(d.services.Swap(v), v)
+		d.cleanConntrack(c, v.programmed)
 	}
 	if r, ok := d.kernel.(interface{ Reap() error }); ok {
 		if err := r.Reap(); err != nil { // pods retired before a crash

@@ -89,6 +89,7 @@ func printStatus(out io.Writer, st *api.Status) error {
 		{"bridge", st.Bridge}, {"mtu", fmt.Sprint(st.MTU)}, {"peers", fmt.Sprint(st.Peers)},
 		{"routes", fmt.Sprint(st.Routes)}, {"allocations", fmt.Sprint(st.Allocations)},
 		{"services", fmt.Sprintf("%d programmed, %d rejected, %d ignored", st.ServicesProgrammed, st.ServicesRejected, st.ServicesIgnored)},
+		{"conntrack", conntrackSummary(st)},
 		{"last sync", fmt.Sprintf("%s (%.1f ms, %d syncs)", st.LastSync.Format(time.RFC3339), st.SyncSeconds*1000, st.Syncs)},
 		{"started", st.StartedAt.Format(time.RFC3339)},
 	}
@@ -99,6 +100,18 @@ func printStatus(out io.Writer, st *api.Status) error {
 		fmt.Fprintf(w, "%s:\t%s\n", r[0], r[1])
 	}
 	return w.Flush()
+}
+
+// conntrackSummary says what became of stale UDP conntrack entries.
+func conntrackSummary(st *api.Status) string {
+	if !st.ConntrackCleanup {
+		return "off: stale UDP entries are left to time out"
+	}
+	s := fmt.Sprintf("%d stale UDP entries deleted, %d failed deletes", st.ConntrackDeleted, st.ConntrackFailures)
+	if st.ConntrackLastError != "" {
+		s += " (last: " + st.ConntrackLastError + ")"
+	}
+	return s
 }
 
 // printServices prints one line per endpoint of each programmed service (the

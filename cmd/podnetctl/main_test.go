@@ -23,6 +23,8 @@ var (
 		LastSync: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), SyncSeconds: 0.0123, Syncs: 7,
 		StartedAt:          time.Date(2026, 1, 2, 3, 0, 0, 0, time.UTC),
 		ServicesProgrammed: 3, ServicesRejected: 1, ServicesIgnored: 1,
+		ConntrackCleanup: true, ConntrackDeleted: 12, ConntrackFailures: 1,
+		ConntrackLastError: "conntrack: dump: netlink receive: no buffer space available",
 	}
 	testServices = api.Services{
 		Programmed: []api.Service{
@@ -103,6 +105,7 @@ peers:        1
 routes:       1
 allocations:  3
 services:     3 programmed, 1 rejected, 1 ignored
+conntrack:    12 stale UDP entries deleted, 1 failed deletes (last: conntrack: dump: netlink receive: no buffer space available)
 last sync:    2026-01-02T03:04:05Z (12.3 ms, 7 syncs)
 started:      2026-01-02T03:00:00Z
 `,

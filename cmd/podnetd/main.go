@@ -10,6 +10,9 @@ import (
 	"os/signal"
 	"syscall"
 
+	"go.uber.org/zap"
+
+	"github.com/podnet/podnet/conntrack"
 	"github.com/podnet/podnet/daemon"
 )
 
@@ -52,11 +55,24 @@ func run(args []string) error {
 		return err
 	}
 	defer log.Sync()
-	d, err := daemon.New(cfg, log, daemon.Deps{})
+	d, err := daemon.New(cfg, log, deps(log))
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return d.Run(ctx)
+}
+
+// deps are the daemon's kernel-facing parts: the real ones. Without ctnetlink,
+// podnetd still runs, but leaves stale UDP conntrack entries to time out.
+func deps(log *zap.Logger) daemon.Deps {
+	var d daemon.Deps
+	ct, err := conntrack.New()
+	if err != nil {
+		log.Warn("conntrack not reachable: stale UDP conntrack entries will not be deleted when service endpoints go away", zap.Error(err))
+		return d
+	}
+	d.Conntrack = ct
+	return d
 }

@@ -74,6 +74,16 @@ type Status struct {
 	ServicesProgrammed int `json:"servicesProgrammed"`
 	ServicesRejected   int `json:"servicesRejected"`
 	ServicesIgnored    int `json:"servicesIgnored"`
+	// ConntrackCleanup says whether podnetd deletes the UDP conntrack entries
+	// that service changes leave stale (docs/services.md); it is false when
+	// ctnetlink was not reachable at start. ConntrackDeleted counts the entries
+	// deleted since start, ConntrackFailures the deletes that failed (retried
+	// at the next sync); ConntrackLastError is the last failure, cleared by a
+	// delete that succeeds.
+	ConntrackCleanup   bool   `json:"conntrackCleanup"`
+	ConntrackDeleted   uint64 `json:"conntrackDeleted"`
+	ConntrackFailures  uint64 `json:"conntrackFailures"`
+	ConntrackLastError string `json:"conntrackLastError,omitempty"`
 }
 
 // Allocation is one allocated pod address.

@@ -1,0 +1,228 @@
+package daemon
+
+import (
+	"cmp"
+	"errors"
+	"net/netip"
+	"slices"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/podnet/podnet/conntrack"
+	"github.com/podnet/podnet/nft"
+)
+
+// Stale conntrack entries (docs/services.md, "Stale UDP conntrack entries").
+//
+// A UDP flow keeps the DNAT its first packet got for as long as its client
+// keeps sending, whatever the table says since. After every sync that
+// programmed the nft table, the daemon compares the services programmed before
+// and after, frontend by frontend (a VIP and port, or a NodePort), and deletes
+// the entries that can only be stale:
+//
+//   - entries DNATed to an endpoint address that no longer serves the
+//     frontend (endpoint removed, no longer ready nor serving-and-terminating,
+//     its port changed, service or port or VIP removed);
+//   - every entry of a frontend that had no serving endpoint, or did not
+//     exist, and now has some. While a frontend has no endpoint the table
+//     rejects its packets and no entry is confirmed; but before it existed, a
+//     client's packets may have been routed elsewhere, or delivered to a node
+//     address without a listener, and that un-NATed entry would keep them off
+//     the new endpoints.
+//
+// Like kube-proxy (kubernetes pkg/proxy/conntrack), the comparison ignores
+// traffic policies and which endpoints the table prefers (ready ones over
+// terminating ones): a flow keeps its endpoint for as long as that endpoint
+// serves, as a TCP connection would.
+
+// ctProtocols are the protocols whose stale entries are deleted. Only UDP, as
+// in kube-proxy: a UDP flow has no end, so only a deleted entry moves it. TCP
+// and SCTP are connection-oriented: a client whose endpoint vanished sees its
+// connection fail and opens a new one, which takes the current rules.
+var ctProtocols = map[nft.Protocol]uint8{nft.UDP: unix.IPPROTO_UDP}
+
+// frontend is where clients send one service port's traffic.
+type frontend struct {
+	proto uint8
+	vip   netip.Addr // a cluster, external or load balancer IP; invalid for a NodePort
+	port  uint16     // the service port, or the NodePort
+}
+
+// endpointPort is one endpoint address with its port for one service port.
+type endpointPort struct {
+	addr netip.Addr
+	port uint16
+}
+
+// frontends maps every frontend of ctProtocols to the endpoints serving it,
+// possibly none.
+type frontends map[frontend]map[endpointPort]bool
+
+// frontendsOf lists the frontends of services, as programmed by the table. A
+// VIP is served by the endpoints of its family, a NodePort by those of both.
+func frontendsOf(services []nft.Service) frontends {
+	out := frontends{}
+	for _, svc := range services {
+		vips := slices.Concat(svc.ClusterIPs, svc.ExternalIPs, svc.LoadBalancerIPs)
+		for _, p := range svc.Ports {
+			proto, ok := ctProtocols[p.Protocol]
+			if !ok {
+				continue
+			}
+			for _, vip := range vips {
+				out[frontend{proto: proto, vip: vip, port: p.Port}] = servingEndpoints(svc, p, func(a netip.Addr) bool { return a.Is4() == vip.Is4() })
+			}
+			if p.NodePort != 0 {
+				out[frontend{proto: proto, port: p.NodePort}] = servingEndpoints(svc, p, func(netip.Addr) bool { return true })
+			}
+		}
+	}
+	return out
+}
+
+// servingEndpoints are the endpoints of svc whose address keep passes that the
+// table may send port's traffic to: those with the port that are ready, or
+// serving and terminating (nft.Endpoint).
+func servingEndpoints(svc nft.Service, port nft.ServicePort, keep func(netip.Addr) bool) map[endpointPort]bool {
+	out := map[endpointPort]bool{}
+	for _, ep := range svc.Endpoints {
+		target, ok := ep.Ports[port.Name]
+		if ok && keep(ep.Address) && (ep.Ready || ep.Serving && ep.Terminating) {
+			out[endpointPort{ep.Address, target}] = true
+		}
+	}
+	return out
+}
+
+// filter selects the entries of fe DNATed to ep, or all of fe's entries if ep
+// is invalid. A NodePort's filter has no address: it matches the port on every
+// local address, and on any other address too, which the few entries that
+// share the port and endpoint without going through the NodePort pay for.
+func (fe frontend) filter(ep netip.Addr) conntrack.Filter {
+	return conntrack.Filter{Proto: fe.proto, OrigDst: fe.vip, OrigPort: fe.port, ReplySrc: ep}
+}
+
+// staleFilters selects the entries that the change from prev to cur leaves
+// stale: those DNATed to an endpoint address that no longer serves their
+// frontend, and all those of a frontend that got its first serving endpoint.
+// An endpoint whose port changed counts as gone. The filters are sorted.
+func staleFilters(prev, cur frontends) []conntrack.Filter {
+	var out []conntrack.Filter
+	for fe, was := range prev {
+		now := cur[fe]
+		for ep := range was {
+			if !now[ep] {
+				out = append(out, fe.filter(ep.addr))
+			}
+		}
+	}
+	for fe, now := range cur {
+		if len(now) > 0 && len(prev[fe]) == 0 {
+			out = append(out, fe.filter(netip.Addr{}))
+		}
+	}
+	return sortFilters(out)
+}
+
+// sortFilters sorts filters and drops duplicates.
+func sortFilters(fs []conntrack.Filter) []conntrack.Filter {
+	slices.SortFunc(fs, func(a, b conntrack.Filter) int {
+		return cmp.Or(cmp.Compare(a.Proto, b.Proto), a.OrigDst.Compare(b.OrigDst),
+			cmp.Compare(a.OrigPort, b.OrigPort), a.ReplySrc.Compare(b.ReplySrc))
+	})
+	return slices.Compact(fs)
+}
+
+// conntrackCleaner remembers the frontends of the last programmed sync and the
+// filters of a failed delete. Only syncNode uses it.
+type conntrackCleaner struct {
+	ct      conntrack.Interface
+	source  *Cluster  // the cluster whose services last came from
+	last    frontends // nil before the first sync that programmed the table
+	pending []conntrack.Filter
+}
+
+// next records the services the table now holds, programmed from c, and
+// returns the filters to delete with: those of the change since the last call,
+// and those of a failed delete that still select stale entries. The first call
+// returns none: what the table held before podnetd started is unknown. A
+// Cluster is never changed once stored, and the table programs the same
+// services from the same cluster, so a resync of the same cluster only retries.
+func (cl *conntrackCleaner) next(c *Cluster, programmed []nft.Service) []conntrack.Filter {
+	if cl.last != nil && c == cl.source {
+		return cl.retries(cl.last)
+	}
+	prev, cur := cl.last, frontendsOf(programmed)
+	cl.source, cl.last = c, cur
+	if prev == nil {
+		return nil
+	}
+	return sortFilters(append(cl.retries(cur), staleFilters(prev, cur)...))
+}
+
+// retries are the filters of a failed delete that still select stale entries
+// now that the frontends are cur.
+func (cl *conntrackCleaner) retries(cur frontends) []conntrack.Filter {
+	var out []conntrack.Filter
+	for _, f := range cl.pending {
+		fe := frontend{proto: f.Proto, vip: f.OrigDst, port: f.OrigPort}
+		if stillStale(f, cur[fe]) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// stillStale reports whether f, from a failed delete, still selects only stale
+// entries of a frontend now served by serving: its endpoint does not serve it
+// again, or (f without endpoint) the frontend still has endpoints to move to.
+func stillStale(f conntrack.Filter, serving map[endpointPort]bool) bool {
+	if !f.ReplySrc.IsValid() {
+		return len(serving) > 0
+	}
+	for ep := range serving {
+		if ep.addr == f.ReplySrc {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanConntrack deletes the conntrack entries left stale by the change to the
+// programmed services, after a sync that programmed the table from c. Failures are
+// logged and counted in the status, never returned: the filters are retried at
+// the next sync.
+func (d *Daemon) cleanConntrack(c *Cluster, programmed []nft.Service) {
+	cl := d.ctClean
+	if cl == nil {
+		return
+	}
+	filters := cl.next(c, programmed)
+	if len(filters) == 0 {
+		return
+	}
+	start := time.Now()
+	n, err := cl.ct.Delete(filters)
+	cl.pending = nil
+	d.mu.Lock()
+	d.status.ConntrackDeleted += uint64(n)
+	d.status.ConntrackLastError = ""
+	if err != nil {
+		d.status.ConntrackFailures++
+		d.status.ConntrackLastError = err.Error()
+	}
+	d.mu.Unlock()
+	fields := []zap.Field{zap.Int("deleted", n), zap.Int("filters", len(filters)), zap.Duration("took", time.Since(start))}
+	switch {
+	case errors.Is(err, conntrack.ErrInvalidFilter): // a bug here: retrying cannot help
+		d.log.Error("stale conntrack entries not deleted: invalid filter", append(fields, zap.Error(err))...)
+	case err != nil:
+		cl.pending = filters
+		d.log.Warn("deleting stale conntrack entries failed; retrying at the next sync", append(fields, zap.Error(err))...)
+	case n > 0:
+		d.log.Info("stale conntrack entries deleted", fields...)
+	}
+	d.log.Debug("conntrack delete filters", zap.Stringers("filters", filters))
+}
