@@ -9,6 +9,9 @@ import (
 
 // elements returns the kernel elements of the set spec for d.
 func (spec setSpec) elements(d desired) []nftables.SetElement {
+	if spec.dynamic {
+		return nil
+	}
 	if spec.svc {
 		es := d.svc.elems[spec.name]
 		elems := make([]nftables.SetElement, len(es))
@@ -32,7 +35,7 @@ func (spec setSpec) elements(d desired) []nftables.SetElement {
 func (spec setSpec) matches(s *nftables.Set) bool {
 	want := spec.newSet(nil)
 	if s.IsMap != want.IsMap || s.Interval != want.Interval || s.Concatenation != want.Concatenation ||
-		s.Anonymous || s.Constant || s.HasTimeout {
+		s.Anonymous || s.Constant || s.HasTimeout != want.HasTimeout || s.Dynamic != want.Dynamic {
 		return false
 	}
 	if want.IsMap && want.DataType.GetNFTMagic() == nftables.TypeVerdict.GetNFTMagic() {
@@ -87,6 +90,9 @@ type setChange struct {
 func elementChanges(have map[string][]nftables.SetElement, d desired) []setChange {
 	var changes []setChange
 	for _, spec := range setSpecs {
+		if spec.dynamic {
+			continue
+		}
 		cur, want := have[spec.name], spec.elements(d)
 		switch {
 		case spec.interval && !sameElements(cur, want):

@@ -22,7 +22,7 @@ const (
 
 	// layoutVersion tags every rule (see ruleTag). Bump it whenever a set, the
 	// chain or a rule changes.
-	layoutVersion = 2
+	layoutVersion = 3
 
 	setClusterCIDRs4 = "cluster-cidrs-v4"
 	setClusterCIDRs6 = "cluster-cidrs-v6"
@@ -41,6 +41,10 @@ type setSpec struct {
 	svc      bool
 	dataType *nftables.SetDatatype // a map: its data type (TypeVerdict for a verdict map)
 	typeText string                // the type line nft lists
+	// dynamic: packets add the elements, with timeouts; Sync never lists or
+	// changes them.
+	dynamic bool
+	size    uint32 // the set's maximum number of elements; 0: no limit
 }
 
 // setSpecs lists the sets in the order they are created, which is the order
@@ -60,6 +64,7 @@ func (spec setSpec) newSet(table *nftables.Table) *nftables.Set {
 		if spec.dataType != nil {
 			s.IsMap, s.DataType = true, *spec.dataType
 		}
+		s.Dynamic, s.HasTimeout, s.Size = spec.dynamic, spec.dynamic, spec.size
 	}
 	return s
 }

@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -33,6 +34,12 @@ func (d desired) render() string {
 		b.WriteString("\t\ttype " + typ + "\n")
 		if spec.interval {
 			b.WriteString("\t\tflags interval\n")
+		}
+		if spec.size > 0 {
+			b.WriteString(fmt.Sprintf("\t\tsize %d\n", spec.size))
+		}
+		if spec.dynamic {
+			b.WriteString("\t\tflags dynamic,timeout\n")
 		}
 		var elems []string
 		switch {
@@ -70,7 +77,13 @@ func (d desired) render() string {
 	}
 	names := slices.Sorted(maps.Keys(d.svc.chains))
 	for _, name := range names {
-		chains = append(chains, "\tchain "+name+" {\n\t\t"+countChainRule(d.svc.chains[name]).text+"\n\t}\n")
+		var c strings.Builder
+		c.WriteString("\tchain " + name + " {\n")
+		for _, r := range countChainRules(d.svc.chains[name]) {
+			c.WriteString("\t\t" + r.text + "\n")
+		}
+		c.WriteString("\t}\n")
+		chains = append(chains, c.String())
 	}
 	b.WriteString(strings.Join(chains, "\n"))
 	b.WriteString("}\n")

@@ -98,6 +98,12 @@ const rules = `
 →→type ipv4_addr . ipv4_addr
 →}
 
+→set affinity-v4 {
+→→type ipv4_addr . ipv4_addr . inet_proto . inet_service . mark
+→→size 262144
+→→flags dynamic,timeout
+→}
+
 →map service-ips-v6 {
 →→type ipv6_addr . inet_proto . inet_service : verdict
 →}
@@ -137,6 +143,12 @@ const rules = `
 
 →set hairpin-v6 {
 →→type ipv6_addr . ipv6_addr
+→}
+
+→set affinity-v6 {
+→→type ipv6_addr . ipv6_addr . inet_proto . inet_service . mark
+→→size 262144
+→→flags dynamic,timeout
 →}
 
 →chain prerouting {

@@ -32,6 +32,9 @@ const (
 // (sessionAffinityConfig.clientIP.timeoutSeconds).
 const DefaultAffinityTimeout = 10800 * time.Second
 
+// MaxAffinityTimeout is Kubernetes' largest ClientIP affinity timeout.
+const MaxAffinityTimeout = 86400 * time.Second
+
 // Service is one service as this node programs it. The caller has already left
 // out services no proxy should program (headless ones, those labelled
 // service.kubernetes.io/service-proxy-name). Sync checks every field and skips a
@@ -57,10 +60,12 @@ type Service struct {
 	InternalTrafficPolicy TrafficPolicy
 	ExternalTrafficPolicy TrafficPolicy
 
-	// AffinityTimeout > 0 asks for ClientIP session affinity (new connections
-	// from a client going to the endpoint its previous one went to). Not
-	// supported yet: Sync skips such a service and names it in its
-	// *SkippedError.
+	// AffinityTimeout > 0 asks for ClientIP session affinity: a new
+	// connection from a client address goes to the endpoint the client's
+	// last new connection to the same VIP port (or NodePort on the same node
+	// address) went to, if that was less than AffinityTimeout ago. Whole
+	// seconds from 1s to 24h (Kubernetes' limits). A change of the service's
+	// endpoints may move a client whose endpoint stays (see docs/nftables.md).
 	AffinityTimeout time.Duration
 
 	Endpoints []Endpoint

@@ -399,4 +399,23 @@ func TestSvcDualStack(t *testing.T) {
 	const n = 30
 	wantServers(t, "IPv6 ClusterIP", askAll(t, l.client, "tcp6", net.JoinHostPort(vip6, "80"), n, client(client6)), "pod-a", "pod-b")
 	wantServers(t, "IPv4 ClusterIP", askAll(t, l.client, "tcp4", net.JoinHostPort(svcWebVIP, "80"), n, client(svcClientIP)), "pod-a", "pod-b")
+
+	// With ClientIP affinity, each family's connections stick to one endpoint.
+	svc.AffinityTimeout = time.Minute
+	if err := l.tbl.Sync(State{
+		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/48"),
+		NodeIPs:      addrs(extNodeIP),
+		NodeName:     "node1",
+		LocalIPs:     addrs(extNodeIP),
+		Services:     []Service{svc},
+	}); err != nil {
+		t.Fatalf("Sync: %v", err)
+	}
+	for _, c := range []struct{ network, addr, client string }{
+		{"tcp6", net.JoinHostPort(vip6, "80"), client6}, {"tcp4", net.JoinHostPort(svcWebVIP, "80"), svcClientIP},
+	} {
+		if got := askAll(t, l.client, c.network, c.addr, 20, client(c.client)); len(got) != 1 {
+			t.Errorf("%s with affinity: 20 connections went to %v, want one endpoint", c.addr, got)
+		}
+	}
 }

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
+	"time"
 
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
@@ -21,10 +24,6 @@ func (f family) has(a netip.Addr) bool { return a.Is4() == f.v4 }
 
 func (f family) name(base string) string { return base + "-" + f.suffix }
 
-// Chain names of the endpoint-count chains: lb-v4-3 picks one of 3 endpoints of
-// a VIP port, np-v4-3 one of 3 endpoints of a NodePort.
-func lbChain(f family, n int) string { return fmt.Sprintf("lb-%s-%d", f.suffix, n) }
-func npChain(f family, n int) string { return fmt.Sprintf("np-%s-%d", f.suffix, n) }
 
 // svcDesired is the service part of the table: the elements of every service
 // set and map (by set name), and the endpoint-count chains they jump to.
@@ -33,18 +32,63 @@ type svcDesired struct {
 	chains map[string]countChain
 }
 
-// countChain is a chain that DNATs to one of n endpoints at random.
+// countChain is a chain that DNATs to one of n endpoints at random. With
+// affinity (seconds), a client's new connection goes to the slot its last one
+// picked, if the affinity set still has it.
 type countChain struct {
 	fam      family
 	nodePort bool
 	n        int
+	affinity uint32
 }
 
+// name is the chain's name: lb-v4-3 picks one of 3 endpoints of a VIP port,
+// np-v4-3 one of 3 endpoints of a NodePort; lba-v4-3-10800 and npa-v4-3-10800
+// do the same with 10800 s of ClientIP affinity.
 func (c countChain) name() string {
+	kind := "lb"
 	if c.nodePort {
-		return npChain(c.fam, c.n)
+		kind = "np"
 	}
-	return lbChain(c.fam, c.n)
+	if c.affinity > 0 {
+		return fmt.Sprintf("%sa-%s-%d-%d", kind, c.fam.suffix, c.n, c.affinity)
+	}
+	return fmt.Sprintf("%s-%s-%d", kind, c.fam.suffix, c.n)
+}
+
+// parseCountChain returns the countChain named name, and false if name is not
+// the name of one.
+func parseCountChain(name string) (countChain, bool) {
+	parts := strings.Split(name, "-")
+	if len(parts) < 3 || len(parts) > 4 {
+		return countChain{}, false
+	}
+	var c countChain
+	switch parts[0] {
+	case "lb", "lba":
+	case "np", "npa":
+		c.nodePort = true
+	default:
+		return countChain{}, false
+	}
+	i := slices.IndexFunc(families, func(f family) bool { return f.suffix == parts[1] })
+	if i < 0 {
+		return countChain{}, false
+	}
+	c.fam = families[i]
+	n, err := strconv.Atoi(parts[2])
+	if err != nil || n < 1 {
+		return countChain{}, false
+	}
+	c.n = n
+	if len(parts) == 4 {
+		a, err := strconv.ParseUint(parts[3], 10, 32)
+		if err != nil || a < 1 || a > uint64(MaxAffinityTimeout/time.Second) {
+			return countChain{}, false
+		}
+		c.affinity = uint32(a)
+	}
+	return c, c.name() == name
 }
 
 var protocols = map[Protocol]uint8{TCP: unix.IPPROTO_TCP, UDP: unix.IPPROTO_UDP, SCTP: unix.IPPROTO_SCTP}
@@ -86,8 +130,8 @@ func checkService(svc Service) ([]svcKey, error) {
 			return nil, fmt.Errorf("traffic policy %q: want Cluster or Local", p)
 		}
 	}
-	if svc.AffinityTimeout != 0 {
-		return nil, fmt.Errorf("ClientIP session affinity is not supported yet")
+	if t := svc.AffinityTimeout; t != 0 && (t < time.Second || t > MaxAffinityTimeout || t%time.Second != 0) {
+		return nil, fmt.Errorf("affinity timeout %v: want whole seconds from 1s to %v", t, MaxAffinityTimeout)
 	}
 	vips := slices.Concat(svc.ClusterIPs, svc.ExternalIPs, svc.LoadBalancerIPs)
 	for _, a := range vips {
@@ -190,7 +234,7 @@ func usableEndpoints(svc Service, port ServicePort, f family) []Endpoint {
 }
 
 // pick applies a traffic policy: the verdict for the port and its backends.
-func pick(eps []Endpoint, port ServicePort, policy TrafficPolicy, node string, chain func(int) string) (expr.Verdict, []backend) {
+func pick(eps []Endpoint, port ServicePort, policy TrafficPolicy, node string, chain func(int) countChain) (expr.Verdict, []backend) {
 	if len(eps) == 0 {
 		return expr.Verdict{Kind: expr.VerdictGoto, Chain: chainNoEndpoints}, nil
 	}
@@ -205,12 +249,13 @@ func pick(eps []Endpoint, port ServicePort, policy TrafficPolicy, node string, c
 	if len(bs) == 0 {
 		return expr.Verdict{Kind: expr.VerdictDrop}, nil
 	}
-	return expr.Verdict{Kind: expr.VerdictGoto, Chain: chain(len(bs))}, bs
+	return expr.Verdict{Kind: expr.VerdictGoto, Chain: chain(len(bs)).name()}, bs
 }
 
 // add queues the elements and chains of one valid service.
 func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
 	restricted := len(svc.LoadBalancerSourceRanges) > 0
+	affinity := uint32(svc.AffinityTimeout / time.Second)
 	for _, f := range families {
 		hasFamily := false
 		for _, ip := range svc.ClusterIPs {
@@ -230,9 +275,10 @@ func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
 					return
 				}
 				key := func() *keyBuilder { return newKey().addr(ip).proto(proto).port(port.Port) }
-				v, bs := pick(eps, port, policy, node, func(n int) string { return lbChain(f, n) })
+				chain := func(n int) countChain { return countChain{fam: f, n: n, affinity: affinity} }
+				v, bs := pick(eps, port, policy, node, chain)
 				d.put(f.name(setServiceIPs), vmapElem(key(), v))
-				d.backends(f, false, key, bs)
+				d.backends(chain(len(bs)), key, bs)
 				if masq {
 					d.put(f.name(setMasqVIPs), setElem(key()))
 				}
@@ -257,9 +303,10 @@ func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
 			}
 			if port.NodePort != 0 && (hasFamily || countFamily(localIPs, f.v4) > 0 && len(svc.ClusterIPs) == 0) {
 				key := func() *keyBuilder { return newKey().proto(proto).port(port.NodePort) }
-				v, bs := pick(eps, port, svc.ExternalTrafficPolicy, node, func(n int) string { return npChain(f, n) })
+				chain := func(n int) countChain { return countChain{fam: f, nodePort: true, n: n, affinity: affinity} }
+				v, bs := pick(eps, port, svc.ExternalTrafficPolicy, node, chain)
 				d.put(f.name(setServiceNodePorts), vmapElem(key(), v))
-				d.backends(f, true, key, bs)
+				d.backends(chain(len(bs)), key, bs)
 				if extMasq {
 					d.put(f.name(setMasqNodePorts), setElem(key()))
 				}
@@ -269,19 +316,18 @@ func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
 }
 
 // backends queues the slot → endpoint elements of one VIP port or NodePort and
-// the chain that picks a slot.
-func (d *svcDesired) backends(f family, nodePort bool, key func() *keyBuilder, bs []backend) {
+// the chain c that picks a slot.
+func (d *svcDesired) backends(c countChain, key func() *keyBuilder, bs []backend) {
 	if len(bs) == 0 {
 		return
 	}
-	c := countChain{fam: f, nodePort: nodePort, n: len(bs)}
 	d.chains[c.name()] = c
 	set := setBackends
-	if nodePort {
+	if c.nodePort {
 		set = setNPBackends
 	}
 	for i, b := range bs {
-		d.put(f.name(set), mapElem(key().slot(uint32(i)), newKey().addr(b.addr).port(b.port)))
+		d.put(c.fam.name(set), mapElem(key().slot(uint32(i)), newKey().addr(b.addr).port(b.port)))
 	}
 }
 

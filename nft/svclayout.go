@@ -2,6 +2,8 @@ package nft
 
 import (
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -37,11 +39,17 @@ const (
 	setLBRestricted     = "lb-restricted"     // LoadBalancer VIP ports with source ranges
 	setLBSourceRanges   = "lb-source-ranges"  // LB VIP . proto . port . allowed client prefix
 	setHairpin          = "hairpin"           // endpoint . endpoint: a pod reaching itself
+	setAffinity         = "affinity"          // client . VIP . proto . port . slot, added by packets
 
 	chainPrerouting  = "prerouting"
 	chainOutput      = "output"
 	chainServices    = "services"
 	chainNoEndpoints = "no-endpoints"
+
+	// affinitySize bounds the affinity sets: clients × affinity VIP ports
+	// remembered at once, per family (the kernel's default for a dynamic set
+	// is 65535). A full set only costs affinity: see countChainRules.
+	affinitySize = 1 << 18
 
 	// masqMark is the packet mark bit that asks postrouting to masquerade: the
 	// same bit kube-proxy uses for the same purpose.
@@ -75,6 +83,8 @@ func svcSetSpecs(f family) []setSpec {
 		{name: f.name(setLBSourceRanges), keyType: nftables.MustConcatSetType(ip, nftables.TypeInetProto, nftables.TypeInetService, ip),
 			interval: true, svc: true, typeText: ipName + " . inet_proto . inet_service . " + ipName},
 		{name: f.name(setHairpin), keyType: nftables.MustConcatSetType(ip, ip), svc: true, typeText: ipName + " . " + ipName},
+		{name: f.name(setAffinity), keyType: nftables.MustConcatSetType(ip, ip, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+			svc: true, dynamic: true, size: affinitySize, typeText: ipName + " . " + ipName + " . inet_proto . inet_service . mark"},
 	}
 }
 
@@ -251,12 +261,123 @@ func serviceRules(f fam) []ruleSpec {
 	}
 }
 
-// countChainRule is the one rule of an endpoint-count chain.
+// countChainRules are the rules of an endpoint-count chain. Without affinity,
+// one rule picks a slot at random and DNATs to its endpoint. With affinity,
+// for each slot k a rule looks up client . VIP . proto . port . k in the
+// affinity set and, if a new connection of the client picked slot k less than
+// the timeout ago, refreshes the element and DNATs to slot k; then, as
+// iptables' statistic cascades do, the rule for slot k picks it with
+// probability 1/(n-k) (the last one always), records it and DNATs to it.
+//
+// Keeping slots, not endpoints, lets every expression be one that nft can
+// list: a set lookup whose key is loaded from the packet, with the constant k
+// written as `numgen inc mod 1 offset k` (always k). nft 1.0.6 cannot list a
+// rule that feeds a map lookup's result into another lookup or a set update;
+// `nft list` aborts on one. The price: a client whose slot now holds another
+// endpoint (the endpoint list changed) moves with its slot, and a slot past the
+// endpoint count is never looked up, so the client picks again.
+//
+// Registers: the affinity key fills them from register 1 on, with the slot
+// last; the backends key (VIP . proto . port . slot, or proto . port . slot) is
+// a tail of it.
+func countChainRules(c countChain) []ruleSpec {
+	if c.affinity == 0 {
+		return []ruleSpec{countChainRule(c)}
+	}
+	var rules []ruleSpec
+	for k := range c.n {
+		rules = append(rules, affinityRule(c, k, false))
+	}
+	for k := range c.n {
+		rules = append(rules, affinityRule(c, k, true))
+	}
+	// If the affinity set is full, the updates fail and so do the rules
+	// above: the connection is still balanced, without affinity.
+	return append(rules, countChainRule(c))
+}
+
+// affinityRule is the rule of affinity chain c for slot k that finds a
+// client's earlier choice, or with pick, makes a new one.
+func affinityRule(c countChain, k int, pick bool) ruleSpec {
+	f := famOf(c.fam)
+	a := f.addrLen / 4 // registers per address
+	r := regs(int(f.addrLen), int(f.addrLen), 1, 2, 4)
+	slot := "numgen inc mod 1" // nft leaves out offset 0
+	if k > 0 {
+		slot += fmt.Sprintf(" offset %d", k)
+	}
+	key := fmt.Sprintf("%s saddr . %s daddr . meta l4proto . th dport . %s", f.ipText, f.ipText, slot)
+	aff := f.name(setAffinity)
+	backendsReg, backends, backendsKey := 8+a, f.name(setBackends), fmt.Sprintf("%s daddr . meta l4proto . th dport", f.ipText)
+	if c.nodePort {
+		backendsReg, backends, backendsKey = 8+2*a, f.name(setNPBackends), "meta l4proto . th dport"
+	}
+	action := fmt.Sprintf("update @%s { %s timeout %s } dnat %s to %s . %s map @%s",
+		aff, key, timeoutText(c.affinity), f.ipText, backendsKey, slot, backends)
+	role, cond := fmt.Sprintf("%s/%d", c.name(), k), key+" @"+aff+" "
+	if pick {
+		role, cond = fmt.Sprintf("%s/pick-%d", c.name(), k), fmt.Sprintf("numgen random mod %d 0 ", c.n-k)
+		if k == c.n-1 {
+			cond = ""
+		}
+	}
+	return ruleSpec{
+		role: role,
+		text: cond + action,
+		exprs: func(sets map[string]*nftables.Set) []expr.Any {
+			var out []expr.Any
+			if pick && k < c.n-1 {
+				// numgen random mod <n-k> 0
+				out = []expr.Any{
+					&expr.Numgen{Register: reg1, Modulus: uint32(c.n - k), Type: unix.NFT_NG_RANDOM},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: make([]byte, 4)},
+				}
+			}
+			// ip saddr . ip daddr . meta l4proto . th dport . numgen inc mod 1 offset <k>
+			out = append(out, f.isFamily()...)
+			out = append(out,
+				f.load(f.saddr, r[0]),
+				f.load(f.daddr, r[1]),
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r[2]},
+				&expr.Payload{DestRegister: r[3], Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Numgen{Register: r[4], Modulus: 1, Offset: uint32(k), Type: unix.NFT_NG_INCREMENTAL},
+			)
+			set := sets[aff]
+			if !pick {
+				out = append(out, &expr.Lookup{SourceRegister: reg1, SetName: set.Name, SetID: set.ID})
+			}
+			// update @affinity-v4 { <key> timeout <t> } dnat ip to <backends key> . <slot> map @backends-v4
+			return append(out,
+				&expr.Dynset{SrcRegKey: reg1, Operation: unix.NFT_DYNSET_OP_UPDATE, Timeout: time.Duration(c.affinity) * time.Second,
+					SetName: set.Name, SetID: set.ID},
+				&expr.Lookup{SourceRegister: backendsReg, DestRegister: reg1, IsDestRegSet: true, SetName: backends, SetID: sets[backends].ID},
+				dnat(f),
+			)
+		},
+	}
+}
+
+// timeoutText prints a timeout in seconds as nft does: 3h, 1h30m, 10s.
+func timeoutText(secs uint32) string {
+	var b strings.Builder
+	for _, u := range []struct {
+		n    uint32
+		unit string
+	}{{86400, "d"}, {3600, "h"}, {60, "m"}, {1, "s"}} {
+		if secs >= u.n {
+			fmt.Fprintf(&b, "%d%s", secs/u.n, u.unit)
+			secs %= u.n
+		}
+	}
+	return b.String()
+}
+
+// countChainRule is the rule that picks one of the chain's endpoints at random.
 func countChainRule(c countChain) ruleSpec {
 	f := famOf(c.fam)
 	if c.nodePort {
 		return ruleSpec{
-			role: "np",
+			role: c.name(),
 			text: fmt.Sprintf("dnat %s to meta l4proto . th dport . numgen random mod %d map @%s", f.ipText, c.n, f.name(setNPBackends)),
 			exprs: func(sets map[string]*nftables.Set) []expr.Any {
 				r := regs(1, 2, 4)
@@ -272,7 +393,7 @@ func countChainRule(c countChain) ruleSpec {
 		}
 	}
 	return ruleSpec{
-		role: "lb",
+		role: c.name(),
 		text: fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", f.ipText, f.ipText, c.n, f.name(setBackends)),
 		exprs: func(sets map[string]*nftables.Set) []expr.Any {
 			r := regs(int(f.addrLen), 1, 2, 4)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/google/nftables"
@@ -291,8 +290,9 @@ func queueCreate(conn *nftables.Conn, exists bool, d desired) error {
 func addCountChain(conn *nftables.Conn, sets map[string]*nftables.Set, c countChain) {
 	chain := &nftables.Chain{Table: podnetTable(), Name: c.name()}
 	conn.AddChain(chain)
-	r := countChainRule(c)
-	conn.AddRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: r.exprs(sets), UserData: ruleTag(c.name())})
+	for _, r := range countChainRules(c) {
+		conn.AddRule(&nftables.Rule{Table: chain.Table, Chain: chain, Exprs: r.exprs(sets), UserData: ruleTag(r.role)})
+	}
 }
 
 // queueUpdate queues the changes that turn the current table cur into d: new
@@ -398,6 +398,9 @@ func read(conn *nftables.Conn) (kernelState, error) {
 	}
 	cur := kernelState{exists: true, current: true, elements: map[string][]nftables.SetElement{}, countChains: countChains}
 	for _, set := range sets {
+		if set.Dynamic {
+			continue // packets fill it
+		}
 		elems, err := conn.GetSetElements(set)
 		if err != nil {
 			return kernelState{}, fmt.Errorf("nft: list elements of %s: %w", set.Name, err)
@@ -437,19 +440,21 @@ func currentLayout(conn *nftables.Conn) ([]*nftables.Set, map[string]bool, error
 	chains = slices.DeleteFunc(chains, func(c *nftables.Chain) bool { return c.Table == nil || c.Table.Name != TableName })
 	countChains := map[string]bool{}
 	for _, c := range chains {
-		want := []string{c.Name} // an endpoint-count chain's one rule is tagged with its name
+		var want []string // the tags of the chain's rules
 		if i := slices.IndexFunc(chainDefs, func(def chainDef) bool { return def.chain.Name == c.Name }); i >= 0 {
 			if !sameChain(c, &chainDefs[i].chain) {
 				return nil, nil, nil
 			}
-			want = want[:0]
 			for _, r := range chainDefs[i].rules() {
 				want = append(want, r.role)
 			}
-		} else if !isCountChain(c) {
+		} else if cc, ok := parseCountChain(c.Name); !ok || c.Hooknum != nil {
 			return nil, nil, nil
 		} else {
 			countChains[c.Name] = true
+			for _, r := range countChainRules(cc) {
+				want = append(want, r.role)
+			}
 		}
 		rules, err := conn.GetRules(table, c)
 		if err != nil {
@@ -468,21 +473,6 @@ func currentLayout(conn *nftables.Conn) ([]*nftables.Set, map[string]bool, error
 		return nil, nil, nil
 	}
 	return sets, countChains, nil
-}
-
-// isCountChain reports whether c is a regular chain named like an
-// endpoint-count chain (lb-v4-3, np-v6-12).
-func isCountChain(c *nftables.Chain) bool {
-	if c.Hooknum != nil {
-		return false
-	}
-	var kind, fam string
-	var n int
-	if _, err := fmt.Sscanf(strings.ReplaceAll(c.Name, "-", " "), "%s %s %d", &kind, &fam, &n); err != nil {
-		return false
-	}
-	return (kind == "lb" || kind == "np") && (fam == "v4" || fam == "v6") && n > 0 &&
-		c.Name == fmt.Sprintf("%s-%s-%d", kind, fam, n)
 }
 
 func sameChain(c, want *nftables.Chain) bool {
