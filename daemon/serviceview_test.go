@@ -200,7 +200,7 @@ func (s *skippingNFT) Sync(st nft.State) error {
 func TestSyncNodeTableRefusesService(t *testing.T) {
 	td := newTestDaemon(t, nil)
 	table := &skippingNFT{Fake: td.nft, problems: []string{
-		"Services[1] kube-system/dns: ClientIP session affinity is not supported yet",
+		"Services[1] kube-system/dns: ClusterIPs [10.96.0.10 10.96.0.11]: at most one per family",
 		"NodeIPs[0] 1.2.3.4%x: has a zone",
 	}}
 	td.Daemon.nft = table
@@ -220,8 +220,8 @@ func TestSyncNodeTableRefusesService(t *testing.T) {
 	}
 	wantRejected := []api.RejectedService{
 		wantServices.Rejected[0],
-		{Index: 2, Namespace: "kube-system", Name: "dns", Reason: "not programmed by the nft table: ClientIP session affinity is not supported yet",
-			Error: "services[2] kube-system/dns: not programmed by the nft table: ClientIP session affinity is not supported yet"},
+		{Index: 2, Namespace: "kube-system", Name: "dns", Reason: "not programmed by the nft table: ClusterIPs [10.96.0.10 10.96.0.11]: at most one per family",
+			Error: "services[2] kube-system/dns: not programmed by the nft table: ClusterIPs [10.96.0.10 10.96.0.11]: at most one per family"},
 	}
 	if diff := cmp.Diff(wantRejected, got.Rejected); diff != "" {
 		t.Errorf("rejected (-want +got):\n%s", diff)
