@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -51,6 +52,8 @@ type Daemon struct {
 	podNet   atomic.Pointer[podNet]
 	trigger  chan struct{}
 	sysctl   func(name, value string) error // setSysctl; replaced in tests
+	// noBrNetfilter: the missing br_netfilter module was logged.
+	noBrNetfilter atomic.Bool
 
 	// ctClean deletes stale conntrack entries after syncs; nil if turned off.
 	ctClean *conntrackCleaner
@@ -291,13 +294,28 @@ func (d *Daemon) syncNode() error {
 	return errors.Join(routeErr, nftErr, confErr)
 }
 
+// setForwarding turns on forwarding for the families of cidrs, and makes
+// bridged IP traffic pass through netfilter: a pod reaching a service whose
+// chosen endpoint is on the same bridge gets its reply straight over the
+// bridge, and only with bridge-nf-call-iptables does conntrack see it and undo
+// the DNAT (kube-proxy needs the same). Without the br_netfilter module that
+// sysctl does not exist: that is logged, once, and not an error.
 func (d *Daemon) setForwarding(cidrs []netip.Prefix) error {
 	for _, p := range cidrs {
-		name := "net.ipv4.ip_forward"
+		name, bridge := "net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables"
 		if p.Addr().Is6() {
-			name = "net.ipv6.conf.all.forwarding"
+			name, bridge = "net.ipv6.conf.all.forwarding", "net.bridge.bridge-nf-call-ip6tables"
 		}
 		if err := d.sysctl(name, "1"); err != nil {
+			return err
+		}
+		if err := d.sysctl(bridge, "1"); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				if d.noBrNetfilter.CompareAndSwap(false, true) {
+					d.log.Warn("br_netfilter is not loaded: a pod's connection to a service whose endpoint is on the same node will fail (load the module: modprobe br_netfilter)")
+				}
+				continue
+			}
 			return err
 		}
 	}

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io/fs"
 	"maps"
 	"net/netip"
 	"os"
@@ -114,8 +116,8 @@ func TestSyncNode(t *testing.T) {
 	if diff := cmp.Diff(desiredNFT(c, "node-a"), st, netipComparers); diff != "" {
 		t.Errorf("nft state (-want +got):\n%s", diff)
 	}
-	if got := td.sysctls; !maps.Equal(got, map[string]string{"net.ipv4.ip_forward": "1"}) {
-		t.Errorf("sysctls = %v, want only IPv4 forwarding on", got)
+	if got := td.sysctls; !maps.Equal(got, map[string]string{"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}) {
+		t.Errorf("sysctls = %v, want only IPv4 forwarding and bridged IPv4 through netfilter on", got)
 	}
 	if got := td.ipam.Ranges(); !slices.Equal(got, []netip.Prefix{prefix("10.244.0.0/24")}) {
 		t.Errorf("ipam ranges = %v", got)
@@ -196,8 +198,9 @@ func TestSyncNodeDualStackAndMTU(t *testing.T) {
 	if diff := cmp.Diff(&want, td.kernel.Bridge, netipComparers); diff != "" {
 		t.Errorf("bridge (-want +got):\n%s", diff)
 	}
-	if got := td.sysctls; got["net.ipv4.ip_forward"] != "1" || got["net.ipv6.conf.all.forwarding"] != "1" {
-		t.Errorf("sysctls = %v, want forwarding on for both families", got)
+	if got := td.sysctls; got["net.ipv4.ip_forward"] != "1" || got["net.ipv6.conf.all.forwarding"] != "1" ||
+		got["net.bridge.bridge-nf-call-iptables"] != "1" || got["net.bridge.bridge-nf-call-ip6tables"] != "1" {
+		t.Errorf("sysctls = %v, want forwarding and bridged traffic through netfilter on for both families", got)
 	}
 	// node-b has no IPv6 address: its v6 podCIDR is skipped with a warning, not an error.
 	if diff := cmp.Diff(map[netip.Prefix]netip.Addr{prefix("10.244.1.0/24"): addr("192.168.1.11")}, td.routes(), netipComparers); diff != "" {
@@ -378,5 +381,26 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Without br_netfilter the bridge sysctls do not exist: the sync goes on and
+// the missing module is logged once.
+func TestSyncNodeWithoutBrNetfilter(t *testing.T) {
+	td := newTestDaemon(t, nil)
+	td.sysctl = func(name, value string) error {
+		if strings.HasPrefix(name, "net.bridge.") {
+			return fmt.Errorf("sysctl %s=%s: %w", name, value, fs.ErrNotExist)
+		}
+		return nil
+	}
+	td.cluster.Store(threeNodes())
+	for range 2 {
+		if err := td.syncNode(); err != nil {
+			t.Fatalf("syncNode = %v, want no error without br_netfilter", err)
+		}
+	}
+	if n := td.logs.FilterMessageSnippet("br_netfilter is not loaded").Len(); n != 1 {
+		t.Errorf("%d warnings about br_netfilter over two syncs, want 1", n)
 	}
 }
