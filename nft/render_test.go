@@ -77,6 +77,22 @@ const rules = `
 →→type inet_proto . inet_service . mark : ipv4_addr . inet_service
 →}
 
+→map service-ips-cluster-v4 {
+→→type ipv4_addr . inet_proto . inet_service : verdict
+→}
+
+→map service-nodeports-cluster-v4 {
+→→type inet_proto . inet_service : verdict
+→}
+
+→map backends-cluster-v4 {
+→→type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service
+→}
+
+→map nodeport-backends-cluster-v4 {
+→→type inet_proto . inet_service . mark : ipv4_addr . inet_service
+→}
+
 →set masq-vips-v4 {
 →→type ipv4_addr . inet_proto . inet_service
 →}
@@ -121,6 +137,22 @@ const rules = `
 →}
 
 →map nodeport-backends-v6 {
+→→type inet_proto . inet_service . mark : ipv6_addr . inet_service
+→}
+
+→map service-ips-cluster-v6 {
+→→type ipv6_addr . inet_proto . inet_service : verdict
+→}
+
+→map service-nodeports-cluster-v6 {
+→→type inet_proto . inet_service : verdict
+→}
+
+→map backends-cluster-v6 {
+→→type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr . inet_service
+→}
+
+→map nodeport-backends-cluster-v6 {
 →→type inet_proto . inet_service . mark : ipv6_addr . inet_service
 →}
 
@@ -172,15 +204,27 @@ const rules = `
 
 →chain services {
 →→ip daddr . meta l4proto . th dport @lb-restricted-v4 ip daddr . meta l4proto . th dport . ip saddr != @lb-source-ranges-v4 drop
+→→ip saddr @cluster-cidrs-v4 ip daddr . meta l4proto . th dport vmap @service-ips-cluster-v4
+→→fib saddr type local ip daddr . meta l4proto . th dport @service-ips-cluster-v4 meta mark set meta mark | 0x00004000
+→→fib saddr type local ip daddr . meta l4proto . th dport vmap @service-ips-cluster-v4
 →→ip saddr != @cluster-cidrs-v4 ip daddr . meta l4proto . th dport @masq-vips-v4 meta mark set meta mark | 0x00004000
 →→ip daddr . meta l4proto . th dport vmap @service-ips-v4
 →→ip daddr @cluster-ips-v4 reject with icmp port-unreachable
+→→ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+→→fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v4 meta mark set meta mark | 0x00004000
+→→fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
 →→ip saddr != @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
 →→ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
 →→ip6 daddr . meta l4proto . th dport @lb-restricted-v6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @lb-source-ranges-v6 drop
+→→ip6 saddr @cluster-cidrs-v6 ip6 daddr . meta l4proto . th dport vmap @service-ips-cluster-v6
+→→fib saddr type local ip6 daddr . meta l4proto . th dport @service-ips-cluster-v6 meta mark set meta mark | 0x00004000
+→→fib saddr type local ip6 daddr . meta l4proto . th dport vmap @service-ips-cluster-v6
 →→ip6 saddr != @cluster-cidrs-v6 ip6 daddr . meta l4proto . th dport @masq-vips-v6 meta mark set meta mark | 0x00004000
 →→ip6 daddr . meta l4proto . th dport vmap @service-ips-v6
 →→ip6 daddr @cluster-ips-v6 reject with icmpv6 port-unreachable
+→→ip6 saddr @cluster-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
+→→fib saddr type local ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v6 meta mark set meta mark | 0x00004000
+→→fib saddr type local ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
 →→ip6 saddr != @cluster-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @masq-nodeports-v6 meta mark set meta mark | 0x00004000
 →→ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v6
 →}

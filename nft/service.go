@@ -136,3 +136,6 @@ func (s Service) equal(o Service) bool {
 	}
 	return true
 }
+
+// isClusterIP reports whether ip is one of s's ClusterIPs.
+func (s Service) isClusterIP(ip netip.Addr) bool { return slices.Contains(s.ClusterIPs, ip) }

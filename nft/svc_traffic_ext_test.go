@@ -234,6 +234,18 @@ func TestSvcExternalTrafficPolicyLocal(t *testing.T) {
 	// internalTrafficPolicy is Cluster: the ClusterIP uses both endpoints.
 	vip := net.JoinHostPort(svcWebVIP, "80")
 	wantServers(t, "client to ClusterIP", askAll(t, l.client, "tcp4", vip, n, client(svcClientIP)), "pod-a", "pod-b")
+	// externalTrafficPolicy does not apply to clients inside the cluster: a pod
+	// reaches every endpoint through the NodePort and the external IP, keeping
+	// its address, and so does the node itself, masqueraded (kube-proxy's
+	// short-circuit).
+	np, ext := net.JoinHostPort(extNodeIP, extNP), net.JoinHostPort(extVIP, "80")
+	inside := func(why string) {
+		t.Helper()
+		wantServers(t, "client to NodePort"+why, askAll(t, l.client, "tcp4", np, n, client(svcClientIP)), "pod-a", "pod-b")
+		wantServers(t, "client to external IP"+why, askAll(t, l.client, "tcp4", ext, n, client(svcClientIP)), "pod-a", "pod-b")
+		wantServers(t, "node to NodePort"+why, askAll(t, l.node, "tcp4", np, n, masqueraded), "pod-a", "pod-b")
+	}
+	inside("")
 
 	l.sync(t, extService(PolicyLocal, onNode("node2", svcEndpoint(svcPodAIP)), onNode("node2", svcEndpoint(svcPodBIP))))
 	var probes []probe
@@ -242,6 +254,7 @@ func TestSvcExternalTrafficPolicyLocal(t *testing.T) {
 	}
 	wantDropped(t, probes...)
 	wantServers(t, "client to ClusterIP, no local endpoint", askAll(t, l.client, "tcp4", vip, n, client(svcClientIP)), "pod-a", "pod-b")
+	inside(", no local endpoint")
 }
 
 func TestSvcInternalTrafficPolicyLocal(t *testing.T) {

@@ -34,26 +34,46 @@ type svcDesired struct {
 
 // countChain is a chain that DNATs to one of n endpoints at random. With
 // affinity (seconds), a client's new connection goes to the slot its last one
-// picked, if the affinity set still has it.
+// picked, if the affinity set still has it. A cluster chain takes its
+// endpoints from the -cluster backends maps: those of an externalTrafficPolicy
+// Local VIP port or NodePort for clients inside the cluster, which that policy
+// does not apply to.
 type countChain struct {
 	fam      family
 	nodePort bool
+	cluster  bool
 	n        int
 	affinity uint32
 }
 
 // name is the chain's name: lb-v4-3 picks one of 3 endpoints of a VIP port,
-// np-v4-3 one of 3 endpoints of a NodePort; lba-v4-3-10800 and npa-v4-3-10800
-// do the same with 10800 s of ClientIP affinity.
+// np-v4-3 one of 3 endpoints of a NodePort; lbc-v4-3 and npc-v4-3 do the same
+// from the cluster backends; lba-v4-3-10800, lbca-v4-3-10800, … do the same
+// with 10800 s of ClientIP affinity.
 func (c countChain) name() string {
 	kind := "lb"
 	if c.nodePort {
 		kind = "np"
 	}
+	if c.cluster {
+		kind += "c"
+	}
 	if c.affinity > 0 {
 		return fmt.Sprintf("%sa-%s-%d-%d", kind, c.fam.suffix, c.n, c.affinity)
 	}
 	return fmt.Sprintf("%s-%s-%d", kind, c.fam.suffix, c.n)
+}
+
+// backendsSet is the name of the map the chain takes its endpoints from.
+func (c countChain) backendsSet() string {
+	set := setBackends
+	if c.nodePort {
+		set = setNPBackends
+	}
+	if c.cluster {
+		set += "-cluster"
+	}
+	return c.fam.name(set)
 }
 
 // parseCountChain returns the countChain named name, and false if name is not
@@ -64,10 +84,14 @@ func parseCountChain(name string) (countChain, bool) {
 		return countChain{}, false
 	}
 	var c countChain
-	switch parts[0] {
-	case "lb", "lba":
-	case "np", "npa":
+	switch strings.TrimSuffix(parts[0], "a") {
+	case "lb":
+	case "lbc":
+		c.cluster = true
+	case "np":
 		c.nodePort = true
+	case "npc":
+		c.nodePort, c.cluster = true, true
 	default:
 		return countChain{}, false
 	}
@@ -279,6 +303,14 @@ func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
 				v, bs := pick(eps, port, policy, node, chain)
 				d.put(f.name(setServiceIPs), vmapElem(key(), v))
 				d.backends(chain(len(bs)), key, bs)
+				if policy == PolicyLocal && !svc.isClusterIP(ip) {
+					// Clients inside the cluster reach an external VIP with
+					// every endpoint, as kube-proxy does.
+					cluster := func(n int) countChain { return countChain{fam: f, cluster: true, n: n, affinity: affinity} }
+					v, bs := pick(eps, port, PolicyCluster, node, cluster)
+					d.put(f.name(setServiceIPsCluster), vmapElem(key(), v))
+					d.backends(cluster(len(bs)), key, bs)
+				}
 				if masq {
 					d.put(f.name(setMasqVIPs), setElem(key()))
 				}
@@ -309,6 +341,13 @@ func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
 				d.backends(chain(len(bs)), key, bs)
 				if extMasq {
 					d.put(f.name(setMasqNodePorts), setElem(key()))
+				} else {
+					cluster := func(n int) countChain {
+						return countChain{fam: f, nodePort: true, cluster: true, n: n, affinity: affinity}
+					}
+					v, bs := pick(eps, port, PolicyCluster, node, cluster)
+					d.put(f.name(setNodePortsCluster), vmapElem(key(), v))
+					d.backends(cluster(len(bs)), key, bs)
 				}
 			}
 		}
@@ -322,12 +361,8 @@ func (d *svcDesired) backends(c countChain, key func() *keyBuilder, bs []backend
 		return
 	}
 	d.chains[c.name()] = c
-	set := setBackends
-	if c.nodePort {
-		set = setNPBackends
-	}
 	for i, b := range bs {
-		d.put(c.fam.name(set), mapElem(key().slot(uint32(i)), newKey().addr(b.addr).port(b.port)))
+		d.put(c.backendsSet(), mapElem(key().slot(uint32(i)), newKey().addr(b.addr).port(b.port)))
 	}
 }
 

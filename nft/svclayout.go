@@ -34,6 +34,10 @@ const (
 	setClusterIPs       = "cluster-ips"       // ClusterIPs: unknown ports are rejected
 	setBackends         = "backends"          // VIP . proto . port . slot : endpoint . port
 	setNPBackends       = "nodeport-backends" // proto . nodePort . slot : endpoint . port
+	// For externalTrafficPolicy Local VIP ports and NodePorts, the verdicts
+	// and endpoints of clients inside the cluster, who get every endpoint.
+	setServiceIPsCluster = "service-ips-cluster"       // VIP . proto . port : verdict
+	setNodePortsCluster  = "service-nodeports-cluster" // proto . port : verdict
 	setMasqVIPs         = "masq-vips"         // VIP ports whose outside clients are masqueraded
 	setMasqNodePorts    = "masq-nodeports"    // NodePorts whose outside clients are masqueraded
 	setLBRestricted     = "lb-restricted"     // LoadBalancer VIP ports with source ranges
@@ -75,6 +79,16 @@ func svcSetSpecs(f family) []setSpec {
 			dataType: &endpoint, svc: true,
 			typeText: ipName + " . inet_proto . inet_service . mark : " + ipName + " . inet_service"},
 		{name: f.name(setNPBackends), keyType: nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+			dataType: &endpoint, svc: true,
+			typeText: "inet_proto . inet_service . mark : " + ipName + " . inet_service"},
+		{name: f.name(setServiceIPsCluster), keyType: vipPort, dataType: &nftables.TypeVerdict, svc: true,
+			typeText: ipName + " . inet_proto . inet_service : verdict"},
+		{name: f.name(setNodePortsCluster), keyType: protoPort, dataType: &nftables.TypeVerdict, svc: true,
+			typeText: "inet_proto . inet_service : verdict"},
+		{name: f.name(setBackends + "-cluster"), keyType: nftables.MustConcatSetType(ip, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
+			dataType: &endpoint, svc: true,
+			typeText: ipName + " . inet_proto . inet_service . mark : " + ipName + " . inet_service"},
+		{name: f.name(setNPBackends + "-cluster"), keyType: nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark),
 			dataType: &endpoint, svc: true,
 			typeText: "inet_proto . inet_service . mark : " + ipName + " . inet_service"},
 		{name: f.name(setMasqVIPs), keyType: vipPort, svc: true, typeText: ipName + " . inet_proto . inet_service"},
@@ -182,6 +196,14 @@ func (f fam) notLoopbackLocal() []expr.Any {
 	}
 }
 
+// localSource is `fib saddr type local`: the node itself sent the packet.
+func localSource() []expr.Any {
+	return []expr.Any{
+		&expr.Fib{Register: reg1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+	}
+}
+
 // protoPortKey loads meta l4proto . th dport from register 1 on.
 func protoPortKey() []expr.Any {
 	r := regs(1, 2)
@@ -215,6 +237,31 @@ func serviceRules(f fam) []ruleSpec {
 			},
 		},
 		{
+			role: "cluster-vips-pods-" + f.suffix,
+			text: fmt.Sprintf("%s saddr @%s %s vmap @%s", ip, f.name(setClusterCIDRs), vipPort, f.name(setServiceIPsCluster)),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// ip saddr @cluster-cidrs-v4 ip daddr . meta l4proto . th dport vmap @service-ips-cluster-v4
+				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setClusterCIDRs)], false)},
+					f.vipPortKey(), []expr.Any{vmap(sets[f.name(setServiceIPsCluster)])})
+			},
+		},
+		{
+			role: "cluster-vips-node-mark-" + f.suffix,
+			text: fmt.Sprintf("fib saddr type local %s @%s meta mark set meta mark | 0x%08x", vipPort, f.name(setServiceIPsCluster), masqMark),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// fib saddr type local ip daddr . meta l4proto . th dport @service-ips-cluster-v4 meta mark set meta mark | 0x00004000
+				return concat(f.isFamily(), localSource(), f.vipPortKey(), []expr.Any{lookup(sets[f.name(setServiceIPsCluster)], false)}, setMasqMark())
+			},
+		},
+		{
+			role: "cluster-vips-node-" + f.suffix,
+			text: fmt.Sprintf("fib saddr type local %s vmap @%s", vipPort, f.name(setServiceIPsCluster)),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// fib saddr type local ip daddr . meta l4proto . th dport vmap @service-ips-cluster-v4
+				return concat(f.isFamily(), localSource(), f.vipPortKey(), []expr.Any{vmap(sets[f.name(setServiceIPsCluster)])})
+			},
+		},
+		{
 			role: "masq-vips-" + f.suffix,
 			text: fmt.Sprintf("%s saddr != @%s %s @%s meta mark set meta mark | 0x%08x", ip, f.name(setClusterCIDRs), vipPort, f.name(setMasqVIPs), masqMark),
 			exprs: func(sets map[string]*nftables.Set) []expr.Any {
@@ -238,6 +285,35 @@ func serviceRules(f fam) []ruleSpec {
 				// ip daddr @cluster-ips-v4 reject with icmp port-unreachable
 				return concat(f.isFamily(), []expr.Any{f.load(f.daddr, reg1), lookup(sets[f.name(setClusterIPs)], false),
 					&expr.Reject{Type: f.rejectType, Code: f.rejectCode}})
+			},
+		},
+		{
+			role: "cluster-nodeports-pods-" + f.suffix,
+			text: fmt.Sprintf("%s saddr @%s %s daddr != %s fib daddr type local meta l4proto . th dport vmap @%s",
+				ip, f.name(setClusterCIDRs), ip, f.loopbackText, f.name(setNodePortsCluster)),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setClusterCIDRs)], false)},
+					f.notLoopbackLocal(), protoPortKey(), []expr.Any{vmap(sets[f.name(setNodePortsCluster)])})
+			},
+		},
+		{
+			role: "cluster-nodeports-node-mark-" + f.suffix,
+			text: fmt.Sprintf("fib saddr type local %s daddr != %s fib daddr type local meta l4proto . th dport @%s meta mark set meta mark | 0x%08x",
+				ip, f.loopbackText, f.name(setNodePortsCluster), masqMark),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v4 meta mark set meta mark | 0x00004000
+				return concat(f.isFamily(), localSource(), f.notLoopbackLocal(), protoPortKey(),
+					[]expr.Any{lookup(sets[f.name(setNodePortsCluster)], false)}, setMasqMark())
+			},
+		},
+		{
+			role: "cluster-nodeports-node-" + f.suffix,
+			text: fmt.Sprintf("fib saddr type local %s daddr != %s fib daddr type local meta l4proto . th dport vmap @%s",
+				ip, f.loopbackText, f.name(setNodePortsCluster)),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+				return concat(f.isFamily(), localSource(), f.notLoopbackLocal(), protoPortKey(), []expr.Any{vmap(sets[f.name(setNodePortsCluster)])})
 			},
 		},
 		{
@@ -308,9 +384,9 @@ func affinityRule(c countChain, k int, pick bool) ruleSpec {
 	}
 	key := fmt.Sprintf("%s saddr . %s daddr . meta l4proto . th dport . %s", f.ipText, f.ipText, slot)
 	aff := f.name(setAffinity)
-	backendsReg, backends, backendsKey := 8+a, f.name(setBackends), fmt.Sprintf("%s daddr . meta l4proto . th dport", f.ipText)
+	backendsReg, backends, backendsKey := 8+a, c.backendsSet(), fmt.Sprintf("%s daddr . meta l4proto . th dport", f.ipText)
 	if c.nodePort {
-		backendsReg, backends, backendsKey = 8+2*a, f.name(setNPBackends), "meta l4proto . th dport"
+		backendsReg, backendsKey = 8+2*a, "meta l4proto . th dport"
 	}
 	action := fmt.Sprintf("update @%s { %s timeout %s } dnat %s to %s . %s map @%s",
 		aff, key, timeoutText(c.affinity), f.ipText, backendsKey, slot, backends)
@@ -378,7 +454,7 @@ func countChainRule(c countChain) ruleSpec {
 	if c.nodePort {
 		return ruleSpec{
 			role: c.name(),
-			text: fmt.Sprintf("dnat %s to meta l4proto . th dport . numgen random mod %d map @%s", f.ipText, c.n, f.name(setNPBackends)),
+			text: fmt.Sprintf("dnat %s to meta l4proto . th dport . numgen random mod %d map @%s", f.ipText, c.n, c.backendsSet()),
 			exprs: func(sets map[string]*nftables.Set) []expr.Any {
 				r := regs(1, 2, 4)
 				// dnat ip to meta l4proto . th dport . numgen random mod 3 map @nodeport-backends-v4
@@ -386,7 +462,7 @@ func countChainRule(c countChain) ruleSpec {
 					&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r[0]},
 					&expr.Payload{DestRegister: r[1], Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 					&expr.Numgen{Register: r[2], Modulus: uint32(c.n), Type: unix.NFT_NG_RANDOM},
-					&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: f.name(setNPBackends), SetID: sets[f.name(setNPBackends)].ID},
+					&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: c.backendsSet(), SetID: sets[c.backendsSet()].ID},
 					dnat(f),
 				}
 			},
@@ -394,7 +470,7 @@ func countChainRule(c countChain) ruleSpec {
 	}
 	return ruleSpec{
 		role: c.name(),
-		text: fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", f.ipText, f.ipText, c.n, f.name(setBackends)),
+		text: fmt.Sprintf("dnat %s to %s daddr . meta l4proto . th dport . numgen random mod %d map @%s", f.ipText, f.ipText, c.n, c.backendsSet()),
 		exprs: func(sets map[string]*nftables.Set) []expr.Any {
 			r := regs(int(f.addrLen), 1, 2, 4)
 			// dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @backends-v4
@@ -403,7 +479,7 @@ func countChainRule(c countChain) ruleSpec {
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: r[1]},
 				&expr.Payload{DestRegister: r[2], Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 				&expr.Numgen{Register: r[3], Modulus: uint32(c.n), Type: unix.NFT_NG_RANDOM},
-				&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: f.name(setBackends), SetID: sets[f.name(setBackends)].ID},
+				&expr.Lookup{SourceRegister: reg1, DestRegister: reg1, IsDestRegSet: true, SetName: c.backendsSet(), SetID: sets[c.backendsSet()].ID},
 				dnat(f),
 			})
 		},
