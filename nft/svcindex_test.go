@@ -155,13 +155,14 @@ func TestParseCountChain(t *testing.T) {
 	for _, c := range []countChain{
 		{fam: families[0], n: 3}, {fam: families[1], nodePort: true, n: 12},
 		{fam: families[0], n: 2, affinity: 10800}, {fam: families[1], nodePort: true, n: 1, affinity: 1},
+		{fam: families[0], cluster: true, n: 4}, {fam: families[1], nodePort: true, cluster: true, n: 2, affinity: 60},
 	} {
 		got, ok := parseCountChain(c.name())
 		if !ok || got != c {
 			t.Errorf("parseCountChain(%q) = %+v, %t; want %+v", c.name(), got, ok, c)
 		}
 	}
-	for _, name := range []string{"lb-v4-0", "lb-v5-3", "lba-v4-3", "lb-v4-3-600", "lba-v4-3-0", "lba-v4-3-86401", "np-v6-03", "services", "lb-v4-x"} {
+	for _, name := range []string{"lb-v4-0", "lb-v5-3", "lba-v4-3", "lb-v4-3-600", "lba-v4-3-0", "lba-v4-3-86401", "np-v6-03", "services", "lb-v4-x", "lbx-v4-3", "lbcc-v4-3", "npca-v4-2"} {
 		if c, ok := parseCountChain(name); ok {
 			t.Errorf("parseCountChain(%q) = %+v, want not a count chain", name, c)
 		}
