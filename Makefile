@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/podnet/podnet/daemon.Version=$(VERSION)
 
-.PHONY: all build lab test test-unit bench-cni deps clean fmt vet
+.PHONY: all build lab test test-unit bench-cni bench-services deps clean fmt vet
 
 all: build
 
@@ -32,6 +32,14 @@ test-unit:
 
 bench-cni: deps build
 	./hack/bench-cni.sh
+
+# podnetd with 1k, 10k and 50k services: cold start, one endpoint change, peak RSS,
+# connect() through a VIP against direct (docs/benchmarks.md). As root; a quick run:
+# make bench-services BENCH_ARGS='--services 1000 --changes 20 --connects 500'
+BENCH_ARGS ?=
+bench-services: deps build
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podnet-bench-services ./integration/cmd/podnet-bench-services
+	$(BIN)/podnet-bench-services --bin $(BIN) $(BENCH_ARGS)
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -69,7 +69,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	machine := machineInfo() // before the benchmark itself loads the machine
+	machine := MachineInfo() // before the benchmark itself loads the machine
 	if cfg.WorkDir == "" {
 		if cfg.WorkDir, err = os.MkdirTemp("", "podnet-bench-"); err != nil {
 			return err

@@ -21,8 +21,8 @@ type Machine struct {
 	Load   string // the load averages when the run started, from /proc/loadavg
 }
 
-// machineInfo reads the machine description; unknown parts stay "unknown".
-func machineInfo() Machine {
+// MachineInfo reads the machine description; unknown parts stay "unknown".
+func MachineInfo() Machine {
 	m := Machine{CPUs: runtime.NumCPU(), CPU: "unknown", Kernel: "unknown", Go: runtime.Version()}
 	if f, err := os.Open("/proc/cpuinfo"); err == nil {
 		sc := bufio.NewScanner(f)
