@@ -65,6 +65,9 @@ type frontends map[frontend]map[endpointPort]bool
 func frontendsOf(services []nft.Service) frontends {
 	out := frontends{}
 	for _, svc := range services {
+		if !slices.ContainsFunc(svc.Ports, func(p nft.ServicePort) bool { _, ok := ctProtocols[p.Protocol]; return ok }) {
+			continue // the common case at scale: a TCP service
+		}
 		vips := slices.Concat(svc.ClusterIPs, svc.ExternalIPs, svc.LoadBalancerIPs)
 		for _, p := range svc.Ports {
 			proto, ok := ctProtocols[p.Protocol]

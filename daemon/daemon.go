@@ -52,6 +52,8 @@ type Daemon struct {
 	podNet   atomic.Pointer[podNet]
 	trigger  chan struct{}
 	sysctl   func(name, value string) error // setSysctl; replaced in tests
+	// parser parses the cluster file, reusing the services of the last one.
+	parser clusterParser
 	// noBrNetfilter: the missing br_netfilter module was logged.
 	noBrNetfilter atomic.Bool
 
@@ -91,9 +93,13 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 // invalid cluster file, this node missing from it, state dir locked or corrupt,
 // socket not available) are returned; later errors are logged and retried.
 func (d *Daemon) Run(ctx context.Context) error {
-	c, raw, err := LoadClusterFile(d.cfg.ClusterFile)
+	raw, err := os.ReadFile(d.cfg.ClusterFile)
 	if err != nil {
-		return err
+		return fmt.Errorf("cluster file: %w", err)
+	}
+	c, err := d.parser.parse(raw)
+	if err != nil {
+		return fmt.Errorf("cluster file %s: %w", d.cfg.ClusterFile, err)
 	}
 	node, ok := c.Node(d.cfg.NodeName)
 	if !ok {
@@ -167,16 +173,25 @@ func (d *Daemon) watchKernel(ctx context.Context) {
 }
 
 // watchFile re-reads the cluster file when its content changes; an invalid file
-// is logged and the last good state kept.
+// is logged and the last good state kept. A poll reads the file only if its
+// size, modification time or inode changed, or 10 s went by since the last
+// read; a file of 50k services takes milliseconds to read.
 func (d *Daemon) watchFile(ctx context.Context, last []byte) {
 	t := time.NewTicker(d.cfg.PollInterval)
 	defer t.Stop()
+	var seen os.FileInfo
+	var readAt time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		fi, err := os.Stat(d.cfg.ClusterFile)
+		if err == nil && seen != nil && sameFile(fi, seen) && time.Since(readAt) < 10*time.Second {
+			continue
+		}
+		seen, readAt = fi, time.Now()
 		data, err := os.ReadFile(d.cfg.ClusterFile)
 		if err != nil {
 			if len(last) > 0 { // warn once; the file is re-parsed when it is back
@@ -189,7 +204,7 @@ func (d *Daemon) watchFile(ctx context.Context, last []byte) {
 			continue
 		}
 		last = data
-		c, err := ParseCluster(data)
+		c, err := d.parser.parse(data)
 		if err != nil {
 			d.log.Error("cluster file invalid; keeping last good state", zap.String("file", d.cfg.ClusterFile), zap.Error(err))
 			continue
@@ -198,6 +213,12 @@ func (d *Daemon) watchFile(ctx context.Context, last []byte) {
 		d.logLoad("cluster file changed", c)
 		d.Trigger()
 	}
+}
+
+// sameFile reports whether a and b describe the same version of a file: same
+// size, modification time and inode.
+func sameFile(a, b os.FileInfo) bool {
+	return a.Size() == b.Size() && a.ModTime().Equal(b.ModTime()) && os.SameFile(a, b)
 }
 
 // syncLoop runs syncNode on each trigger, at most every 50 ms, retrying failures

@@ -118,7 +118,17 @@ func peekID(raw json.RawMessage) serviceID {
 
 // serviceClaims maps what valid services took so far (a namespace/name, a
 // protocol and nodePort, a VIP, protocol and port) to the service that took it.
-type serviceClaims map[string]string
+type serviceClaims map[string]claimOwner
+
+// claimOwner is the valid service at index of the file's services.
+type claimOwner struct {
+	index           int
+	namespace, name string
+}
+
+func (o claimOwner) String() string {
+	return fmt.Sprintf("services[%d] %s/%s", o.index, o.namespace, o.name)
+}
 
 // claim is one thing a service takes; reason completes "<reason> <owner>".
 type claim struct{ key, field, value, reason string }
@@ -148,19 +158,25 @@ func claimsOf(svc nft.Service) []claim {
 }
 
 // check reports the first thing svc takes that an earlier valid service took.
-func (c serviceClaims) check(svc nft.Service) *fieldError {
-	for _, cl := range claimsOf(svc) {
+func (c serviceClaims) check(svc nft.Service) *fieldError { return c.checkClaims(claimsOf(svc)) }
+
+// checkClaims reports the first of claims that an earlier valid service took.
+func (c serviceClaims) checkClaims(claims []claim) *fieldError {
+	for _, cl := range claims {
 		if owner, ok := c[cl.key]; ok {
-			return &fieldError{field: cl.field, value: cl.value, reason: cl.reason + " " + owner}
+			return &fieldError{field: cl.field, value: cl.value, reason: cl.reason + " " + owner.String()}
 		}
 	}
 	return nil
 }
 
 // add records what the valid services[index] takes.
-func (c serviceClaims) add(svc nft.Service, index int) {
-	for _, cl := range claimsOf(svc) {
-		c[cl.key] = fmt.Sprintf("services[%d] %s/%s", index, svc.Namespace, svc.Name)
+func (c serviceClaims) add(svc nft.Service, index int) { c.addClaims(claimsOf(svc), index, svc) }
+
+// addClaims records claims as taken by svc, services[index].
+func (c serviceClaims) addClaims(claims []claim, index int, svc nft.Service) {
+	for _, cl := range claims {
+		c[cl.key] = claimOwner{index: index, namespace: svc.Namespace, name: svc.Name}
 	}
 }
 

@@ -28,6 +28,10 @@ type serviceView struct {
 func newServiceView(c *Cluster, skipped *nft.SkippedError) *serviceView {
 	byTable, problems := tableRejections(skipped, len(c.Services))
 	v := &serviceView{rejected: c.RejectedServices, ignored: c.IgnoredServices, problems: problems}
+	if len(byTable) == 0 {
+		v.programmed = c.Services // a Cluster is never changed once stored
+		return v
+	}
 	for i, svc := range c.Services {
 		reason, ok := byTable[i]
 		if !ok {

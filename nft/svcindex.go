@@ -26,7 +26,9 @@ type svcIndex struct {
 	localIPs []netip.Addr
 	epoch    uint64
 	entries  map[svcID]*svcEntry
-	buf      []byte // fingerprint's scratch buffer
+	order    []*svcEntry // the entries by their place in the last State (nil: left out as listed twice)
+	problems []string    // the problems of the last State
+	buf      []byte      // fingerprint's scratch buffer
 	claimed  map[svcKey]svcID
 	shared   map[string]int // set index and key of a counted element → services using it
 	chains   map[string]*countedChain
@@ -36,13 +38,15 @@ type svcID struct{ namespace, name string }
 
 // svcEntry is one service and what it contributes to the table.
 type svcEntry struct {
-	sum     uint64   // fingerprint of the Service
-	keys    []svcKey // the VIP ports and NodePorts it claims
-	err     error    // why the service cannot be programmed
-	elems   []setElement
-	chains  []countChain
-	epoch   uint64 // the update that last saw the service
-	applied bool   // programmed by the last update that saw it
+	id       svcID
+	sum      uint64   // fingerprint of the Service
+	revision string   // its Revision, if any
+	keys     []svcKey // the VIP ports and NodePorts it claims
+	err      error    // why the service cannot be programmed
+	elems    []setElement
+	chains   []countChain
+	epoch    uint64 // the update that last saw the service
+	applied  bool   // programmed by the last update that saw it
 }
 
 // setElement is an element with the index in setSpecs of its set.
@@ -92,6 +96,9 @@ func sharedSet(i int) bool {
 // s claimed, is left out whole, as is a second service with the same
 // namespace/name.
 func (x *svcIndex) update(s State) (svcDelta, []string) {
+	if d, ok := x.updateInPlace(s); ok {
+		return d, x.problems
+	}
 	reuse := s.NodeName == x.node && slices.Equal(s.LocalIPs, x.localIPs)
 	x.node, x.localIPs = s.NodeName, slices.Clone(s.LocalIPs)
 	x.epoch++
@@ -103,6 +110,7 @@ func (x *svcIndex) update(s State) (svcDelta, []string) {
 	t := &tally{x: x, add: map[string][]element{}, del: map[string][]element{}, sharedBefore: map[string]bool{}, chainBefore: map[*countedChain]bool{}}
 	var problems []string
 	seen := 0 // services of s in entries
+	order := make([]*svcEntry, len(s.Services))
 	for i, svc := range s.Services {
 		id := svcID{svc.Namespace, svc.Name}
 		old := x.entries[id]
@@ -110,13 +118,18 @@ func (x *svcIndex) update(s State) (svcDelta, []string) {
 			problems = append(problems, fmt.Sprintf("Services[%d] %s/%s: listed twice", i, id.namespace, id.name))
 			continue
 		}
-		e, sum := old, x.fingerprint(svc)
-		if !reuse || e == nil || e.sum != sum {
-			e = newSvcEntry(svc, sum, s.NodeName, s.LocalIPs)
-			x.entries[id] = e
+		e := old
+		if !reuse || e == nil || svc.Revision == "" || svc.Revision != e.revision {
+			if sum := x.fingerprint(svc); !reuse || e == nil || e.sum != sum {
+				e = newSvcEntry(svc, sum, s.NodeName, s.LocalIPs)
+				e.id = id
+				x.entries[id] = e
+			}
+			e.revision = svc.Revision
 		}
 		e.epoch = x.epoch
 		seen++
+		order[i] = e
 		err := e.err
 		if err == nil {
 			for _, k := range e.keys {
@@ -158,7 +171,55 @@ func (x *svcIndex) update(s State) (svcDelta, []string) {
 			delete(x.entries, id)
 		}
 	}
+	x.order, x.problems = order, problems
 	return t.delta(), problems
+}
+
+// updateInPlace is update's fast path, for a State with the same services in
+// the same places as the last one (less changes that keep each changed
+// service valid and claiming the same VIP ports and NodePorts, such as an
+// endpoint change), and the same node: then no claim and no problem can have
+// changed, and only the changed services are looked at beyond their Revision.
+// It reports false, having changed nothing, for any other State.
+func (x *svcIndex) updateInPlace(s State) (svcDelta, bool) {
+	if len(s.Services) != len(x.order) || s.NodeName != x.node || !slices.Equal(s.LocalIPs, x.localIPs) {
+		return svcDelta{}, false
+	}
+	type change struct {
+		i        int
+		old, new *svcEntry
+	}
+	var changes []change
+	for i, svc := range s.Services {
+		old := x.order[i]
+		if old == nil || svc.Name != old.id.name || svc.Namespace != old.id.namespace {
+			return svcDelta{}, false
+		}
+		if svc.Revision != "" && svc.Revision == old.revision {
+			continue
+		}
+		sum := x.fingerprint(svc)
+		if sum == old.sum {
+			changes = append(changes, change{i, old, old}) // only the Revision moved
+			continue
+		}
+		e := newSvcEntry(svc, sum, s.NodeName, s.LocalIPs)
+		if !old.applied || e.err != nil || !slices.Equal(e.keys, old.keys) {
+			return svcDelta{}, false
+		}
+		changes = append(changes, change{i, old, e})
+	}
+	t := &tally{x: x, add: map[string][]element{}, del: map[string][]element{}, sharedBefore: map[string]bool{}, chainBefore: map[*countedChain]bool{}}
+	for _, c := range changes {
+		c.new.revision = s.Services[c.i].Revision
+		if c.new == c.old {
+			continue
+		}
+		c.new.id, c.new.epoch, c.new.applied = c.old.id, c.old.epoch, true
+		x.entries[c.old.id], x.order[c.i] = c.new, c.new
+		t.change(c.old, c.new)
+	}
+	return t.delta(), true
 }
 
 // fingerprint hashes what of svc the table depends on: every field, lists in

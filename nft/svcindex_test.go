@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -165,6 +166,104 @@ func TestParseCountChain(t *testing.T) {
 	for _, name := range []string{"lb-v4-0", "lb-v5-3", "lba-v4-3", "lb-v4-3-600", "lba-v4-3-0", "lba-v4-3-86401", "np-v6-03", "services", "lb-v4-x", "lbx-v4-3", "lbcc-v4-3", "npca-v4-2"} {
 		if c, ok := parseCountChain(name); ok {
 			t.Errorf("parseCountChain(%q) = %+v, want not a count chain", name, c)
+		}
+	}
+}
+
+// A series of States through one index gives, after each, what a fresh
+// computation gives: the in-place path (same services in the same places) and
+// the full one agree.
+func TestSvcIndexSeries(t *testing.T) {
+	base := svcState.Clone()
+	for i := range base.Services {
+		base.Services[i].Revision = fmt.Sprintf("r%d", i)
+	}
+	step := func(name string, change func(s *State)) (string, State) {
+		s := base.Clone()
+		change(&s)
+		return name, s
+	}
+	var states []State
+	var names []string
+	for _, st := range []func() (string, State){
+		func() (string, State) { return step("base", func(*State) {}) },
+		func() (string, State) {
+			return step("endpoint changed, new revision", func(s *State) {
+				s.Services[2].Endpoints[0].Address = netip.MustParseAddr("10.244.2.99")
+				s.Services[2].Revision = "r2b"
+			})
+		},
+		func() (string, State) {
+			return step("endpoint changed, no revision", func(s *State) {
+				s.Services[0].Endpoints[1].Ready = false
+				s.Services[0].Revision = ""
+			})
+		},
+		func() (string, State) {
+			return step("VIP taken by an earlier service", func(s *State) {
+				s.Services[2].ClusterIPs = addrs("10.96.0.11")
+				s.Services[2].Ports[0].Protocol, s.Services[2].Ports[0].Port = SCTP, 9000
+				s.Services[2].Revision = "r2c"
+			})
+		},
+		func() (string, State) {
+			return step("same revision but fields changed is the caller's bug; a new revision", func(s *State) {
+				s.Services[1].Endpoints = nil
+				s.Services[1].Revision = "r1b"
+			})
+		},
+		func() (string, State) { return step("base again", func(*State) {}) },
+		func() (string, State) {
+			return step("a service removed", func(s *State) { s.Services = s.Services[1:] })
+		},
+	} {
+		n, s := st()
+		names, states = append(names, n), append(states, s)
+	}
+	x := newSvcIndex()
+	kernel := map[string]map[string]bool{} // set → element texts, kept by applying the deltas
+	for i, s := range states {
+		d, problems := x.update(s)
+		for set, es := range d.del {
+			for _, e := range es {
+				if !kernel[set][e.text()] {
+					t.Errorf("%s: delta deletes %s from %s, which does not hold it", names[i], e.text(), set)
+				}
+				delete(kernel[set], e.text())
+			}
+		}
+		for set, es := range d.add {
+			for _, e := range es {
+				if kernel[set] == nil {
+					kernel[set] = map[string]bool{}
+				}
+				kernel[set][e.text()] = true
+			}
+		}
+		want, wantErr := normalize(s)
+		if !sameUnion(x.union(), want.svc) {
+			t.Errorf("%s: index differs from a fresh computation", names[i])
+		}
+		for _, spec := range setSpecs {
+			var got, exp []string
+			for e := range kernel[spec.name] {
+				got = append(got, e)
+			}
+			for _, e := range want.svc.elems[spec.name] {
+				exp = append(exp, e.text())
+			}
+			slices.Sort(got)
+			slices.Sort(exp)
+			if !slices.Equal(got, exp) {
+				t.Errorf("%s: %s after the deltas %q, want %q", names[i], spec.name, got, exp)
+			}
+		}
+		var wantProblems []string
+		if se, ok := wantErr.(*SkippedError); ok {
+			wantProblems = se.Problems
+		}
+		if !slices.Equal(problems, wantProblems) {
+			t.Errorf("%s: problems %q, want %q", names[i], problems, wantProblems)
 		}
 	}
 }

@@ -1,0 +1,129 @@
+package daemon
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/podnet/podnet/nft"
+)
+
+// sameAsParseCluster checks that p.parse(data) gives what ParseCluster gives:
+// the same cluster (less the Revisions) or the same error.
+func sameAsParseCluster(t *testing.T, p *clusterParser, name, data string) *Cluster {
+	t.Helper()
+	want, wantErr := ParseCluster([]byte(data))
+	got, err := p.parse([]byte(data))
+	if fmt.Sprint(err) != fmt.Sprint(wantErr) {
+		t.Fatalf("%s: error %v, want %v", name, err, wantErr)
+	}
+	opts := cmp.Options{netipComparers, cmp.AllowUnexported(Cluster{}, ServiceError{}), cmpopts.IgnoreFields(nft.Service{}, "Revision"), cmpopts.EquateEmpty()}
+	if diff := cmp.Diff(want, got, opts); diff != "" {
+		t.Errorf("%s: parse differs from ParseCluster (-want +got):\n%s", name, diff)
+	}
+	return got
+}
+
+const parseNodes = `nodes:
+- name: node-a
+  addresses: [192.168.1.10]
+  podCIDRs: [10.244.0.0/24]
+- name: node-b
+  addresses: [192.168.1.11]
+  podCIDRs: [10.244.1.0/24]
+`
+
+func TestClusterParserMatchesParseCluster(t *testing.T) {
+	entry := func(name, ip string) string {
+		return fmt.Sprintf("- name: %s\n  clusterIPs: [%s]\n  ports: [{port: 80, targetPort: 8080}]\n  endpoints: [{addresses: [10.244.0.5], node: node-a}]\n", name, ip)
+	}
+	indent := func(s string) string {
+		return "  " + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n  ") + "\n"
+	}
+	files := map[string]string{
+		"services of the view test":      servicesCluster,
+		"no services":                    validClusterYAML,
+		"services first":                 "services:\n" + entry("a", "10.96.0.1") + parseNodes,
+		"indented list and comments":     parseNodes + "services:   # the services\n" + indent(entry("a", "10.96.0.1")) + "  # between\n\n" + indent(entry("b", "10.96.0.2")),
+		"conflicts":                      parseNodes + "services:\n" + entry("a", "10.96.0.1") + entry("b", "10.96.0.1") + entry("a", "10.96.0.3"),
+		"scalar and null entries":        parseNodes + "services:\n- web\n-\n" + entry("a", "10.96.0.1"),
+		"entry starting on its own line": parseNodes + "services:\n-\n  name: a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
+		"more spaces after the dash":     parseNodes + "services:\n-   name: a\n    clusterIPs: [10.96.0.1]\n    ports: [{port: 80}]\n",
+		"flow list (whole parse)":        parseNodes + "services: [{name: a, clusterIPs: [10.96.0.1], ports: [{port: 80}]}]\n",
+		"anchors (whole parse)":          parseNodes + "services:\n- &x\n  name: a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
+		"block scalar (whole parse)":     parseNodes + "services:\n- name: >\n    a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
+		"YAML error in an entry":         parseNodes + "services:\n" + entry("a", "10.96.0.1") + "- name: [b\n",
+		"YAML error in the nodes":        "nodes: [\n" + "services:\n" + entry("a", "10.96.0.1"),
+		"duplicate services key":         parseNodes + "services:\n" + entry("a", "10.96.0.1") + "services:\n" + entry("b", "10.96.0.2"),
+		"unknown top-level key":          parseNodes + "services:\n" + entry("a", "10.96.0.1") + "extra: 1\n",
+		"bad indentation":                parseNodes + "services:\n  - name: a\n clusterIPs: [10.96.0.1]\n",
+		"tabs (whole parse)":             parseNodes + "services:\n- name: a\n\tclusterIPs: [10.96.0.1]\n",
+		"unknown endpoint node":          parseNodes + "services:\n" + strings.ReplaceAll(entry("a", "10.96.0.1"), "node-a", "node-z"),
+	}
+	for name, data := range files {
+		sameAsParseCluster(t, &clusterParser{}, name, data)
+		// And again with a parser that saw another file first.
+		p := &clusterParser{}
+		sameAsParseCluster(t, p, name+" (warm, first)", servicesCluster)
+		sameAsParseCluster(t, p, name+" (warm)", data)
+	}
+}
+
+// A second file reuses the entries that did not change, with their Revision;
+// a changed entry gets a new one; a change of the node names parses all again.
+func TestClusterParserReuses(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(parseNodes + "services:\n")
+	for i := range 50 {
+		fmt.Fprintf(&b, "- name: s%d\n  clusterIPs: [10.96.0.%d]\n  ports: [{port: 80}]\n  endpoints: [{addresses: [10.244.0.%d], node: node-a}]\n", i, i+1, i+2)
+	}
+	first := b.String()
+	p := &clusterParser{}
+	c1 := sameAsParseCluster(t, p, "first", first)
+	changed := strings.Replace(first, "addresses: [10.244.0.12]", "addresses: [10.244.1.12]", 1)
+	c2 := sameAsParseCluster(t, p, "one endpoint changed", changed)
+	for i := range c1.Services {
+		same := c1.Services[i].Revision == c2.Services[i].Revision
+		if c1.Services[i].Revision == "" || same == (i == 10) {
+			t.Errorf("services[%d]: revisions %q then %q; want a new one only for s10", i, c1.Services[i].Revision, c2.Services[i].Revision)
+		}
+	}
+	// s11 loses its VIP to s3: rejected; then its endpoint changes, and it
+	// must stay rejected.
+	conflict := strings.Replace(changed, "clusterIPs: [10.96.0.12]", "clusterIPs: [10.96.0.4]", 1)
+	sameAsParseCluster(t, p, "conflict", conflict)
+	sameAsParseCluster(t, p, "endpoint of the rejected service changed", strings.Replace(conflict, "addresses: [10.244.0.13]", "addresses: [10.244.1.13]", 1))
+	sameAsParseCluster(t, p, "back to one endpoint changed", changed)
+	renamed := strings.Replace(changed, "name: node-b", "name: node-c", 1)
+	c3 := sameAsParseCluster(t, p, "node renamed", renamed)
+	if c3.Services[0].Revision == c2.Services[0].Revision {
+		t.Errorf("after the node names changed, services[0] kept revision %q", c3.Services[0].Revision)
+	}
+	if n := len(p.entries); n != 50 {
+		t.Errorf("parser keeps %d entries, want the 50 of the last file", n)
+	}
+}
+
+func TestSplitServices(t *testing.T) {
+	for _, c := range []struct {
+		data  string
+		items int
+		ok    bool
+	}{
+		{servicesCluster, 4, true},
+		{parseNodes, 0, true},
+		{parseNodes + "services:\n  - name: a\n    ports: [{port: 80}]\n  # c\n  - name: b\n", 2, true},
+		{parseNodes + "services: []\n", 0, false},
+		{parseNodes + "services:\n- &x\n  name: a\n", 0, false},
+		{"---\n" + parseNodes, 0, false},
+		{parseNodes + "services:\n  - name: a\n clusterIPs: []\n", 0, false},
+	} {
+		_, items, ok := splitServices([]byte(c.data))
+		if ok != c.ok || len(items) != c.items {
+			t.Errorf("splitServices(%q) = %d items, %t; want %d, %t", c.data, len(items), ok, c.items, c.ok)
+		}
+	}
+}
