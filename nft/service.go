@@ -123,6 +123,5 @@ func (s Service) Clone() Service {
 	return c
 }
 
-
 // isClusterIP reports whether ip is one of s's ClusterIPs.
 func (s Service) isClusterIP(ip netip.Addr) bool { return slices.Contains(s.ClusterIPs, ip) }

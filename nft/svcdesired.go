@@ -24,7 +24,6 @@ func (f family) has(a netip.Addr) bool { return a.Is4() == f.v4 }
 
 func (f family) name(base string) string { return base + "-" + f.suffix }
 
-
 // svcDesired is the service part of the table: the elements of every service
 // set and map (by set name), and the endpoint-count chains they jump to.
 type svcDesired struct {

@@ -38,12 +38,12 @@ const (
 	// and endpoints of clients inside the cluster, who get every endpoint.
 	setServiceIPsCluster = "service-ips-cluster"       // VIP . proto . port : verdict
 	setNodePortsCluster  = "service-nodeports-cluster" // proto . port : verdict
-	setMasqVIPs         = "masq-vips"         // VIP ports whose outside clients are masqueraded
-	setMasqNodePorts    = "masq-nodeports"    // NodePorts whose outside clients are masqueraded
-	setLBRestricted     = "lb-restricted"     // LoadBalancer VIP ports with source ranges
-	setLBSourceRanges   = "lb-source-ranges"  // LB VIP . proto . port . allowed client prefix
-	setHairpin          = "hairpin"           // endpoint . endpoint: a pod reaching itself
-	setAffinity         = "affinity"          // client . VIP . proto . port . slot, added by packets
+	setMasqVIPs          = "masq-vips"                 // VIP ports whose outside clients are masqueraded
+	setMasqNodePorts     = "masq-nodeports"            // NodePorts whose outside clients are masqueraded
+	setLBRestricted      = "lb-restricted"             // LoadBalancer VIP ports with source ranges
+	setLBSourceRanges    = "lb-source-ranges"          // LB VIP . proto . port . allowed client prefix
+	setHairpin           = "hairpin"                   // endpoint . endpoint: a pod reaching itself
+	setAffinity          = "affinity"                  // client . VIP . proto . port . slot, added by packets
 
 	chainPrerouting  = "prerouting"
 	chainOutput      = "output"
