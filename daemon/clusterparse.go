@@ -3,8 +3,10 @@ package daemon
 import (
 	"bytes"
 	"encoding/json"
+	"hash/maphash"
 	"maps"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -25,11 +27,14 @@ import (
 // Each entry parsed anew gets a fresh nft.Service.Revision, so that the nft
 // table skips comparing the services whose entry did not change.
 type clusterParser struct {
-	nodes   string                  // the node names the cached entries were checked against
-	entries map[string]*parsedEntry // by the entry's text
-	seq     uint64                  // the last Revision handed out
-	epoch   uint64                  // counts parses: entries not seen in the last one are dropped
-	claims  serviceClaims           // reused by each parse
+	nodes   string                    // the node names the cached entries were checked against
+	entries map[entryKey]*parsedEntry // by a 128-bit hash of the entry's text
+	seeds   [2]maphash.Seed
+	// portMaps are the endpoint port maps in use, by their content.
+	portMaps map[string]map[string]uint16
+	seq      uint64        // the last Revision handed out
+	epoch    uint64        // counts parses: entries not seen in the last one are dropped
+	claims   serviceClaims // reused by each parse
 
 	// The last file: its entries' text (slices of the caller's data, which
 	// must not change), their outcomes, and the cluster parse returned.
@@ -38,7 +43,18 @@ type clusterParser struct {
 		items  [][]byte
 		parsed []*parsedEntry
 		c      *Cluster
+		data   []byte
+		split  split
 	}
+}
+
+// entryKey identifies an entry's text: two 64-bit hashes with random seeds
+// (a collision, 2^-128 per pair, would reuse another entry's parse). Keeping
+// hashes rather than the text saves the file's size in memory.
+type entryKey [2]uint64
+
+func (p *clusterParser) key(item []byte) entryKey {
+	return entryKey{maphash.Bytes(p.seeds[0], item), maphash.Bytes(p.seeds[1], item)}
 }
 
 // parsedEntry is the outcome of parsing one service entry.
@@ -53,11 +69,18 @@ type parsedEntry struct {
 
 // parse returns the cluster of data, reusing the entries of earlier files.
 func (p *clusterParser) parse(data []byte) (*Cluster, error) {
-	rest, items, ok := splitServices(data)
+	sp, ok := split{}, false
+	if p.last.c != nil {
+		sp, ok = splitChange(p.last.data, p.last.split, data)
+	}
+	if !ok {
+		sp, ok = splitFile(data)
+	}
 	if !ok {
 		p.reset()
 		return ParseCluster(data)
 	}
+	rest, items := sp.rest, sp.items
 	var c *Cluster
 	if p.last.c != nil && bytes.Equal(rest, p.last.rest) {
 		c = &Cluster{Nodes: p.last.c.Nodes} // the nodes did not change
@@ -74,22 +97,31 @@ func (p *clusterParser) parse(data []byte) (*Cluster, error) {
 	}
 	if key := strings.Join(slices.Sorted(maps.Keys(names)), "\x00"); key != p.nodes || p.entries == nil {
 		p.reset()
-		p.nodes, p.entries = key, map[string]*parsedEntry{} // endpoints were checked against other nodes
+		p.nodes, p.entries = key, map[entryKey]*parsedEntry{} // endpoints were checked against other nodes
+		p.seeds = [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()}
 	}
 	p.epoch++
 	parsed := make([]*parsedEntry, len(items))
 	seen := 0
 	for i, item := range items {
 		var e *parsedEntry
-		if i < len(p.last.items) && bytes.Equal(item, p.last.items[i]) {
-			e = p.last.parsed[i] // the usual case: same entry, same place
-		} else if e = p.entries[string(item)]; e == nil {
-			var err error
-			if e, err = p.parseEntry(item, names); err != nil {
-				p.reset()
-				return ParseCluster(data)
+		switch {
+		case sp.changed && i < sp.prefix:
+			e = p.last.parsed[i] // before the change
+		case sp.changed && i >= sp.newSuffix:
+			e = p.last.parsed[i-sp.newSuffix+sp.oldSuffix] // after it
+		case !sp.changed && i < len(p.last.items) && bytes.Equal(item, p.last.items[i]):
+			e = p.last.parsed[i] // same entry, same place
+		default:
+			k := p.key(item)
+			if e = p.entries[k]; e == nil {
+				var err error
+				if e, err = p.parseEntry(item, names); err != nil {
+					p.reset()
+					return ParseCluster(data)
+				}
+				p.entries[k] = e
 			}
-			p.entries[string(item)] = e
 		}
 		if e.epoch != p.epoch {
 			e.epoch = p.epoch
@@ -98,19 +130,49 @@ func (p *clusterParser) parse(data []byte) (*Cluster, error) {
 		parsed[i] = e
 	}
 	if seen != len(p.entries) { // drop the entries of earlier files
-		maps.DeleteFunc(p.entries, func(_ string, e *parsedEntry) bool { return e.epoch != p.epoch })
+		maps.DeleteFunc(p.entries, func(_ entryKey, e *parsedEntry) bool { return e.epoch != p.epoch })
 	}
 	if !p.reuseAssembly(c, parsed) {
 		p.assemble(c, parsed)
 	}
 	p.last.rest, p.last.items, p.last.parsed, p.last.c = rest, items, parsed, c
+	p.last.data, p.last.split = data, sp
 	return c, nil
+}
+
+// holds reports whether buf shares storage with the last file parse kept.
+func (p *clusterParser) holds(buf []byte) bool {
+	d := p.last.data
+	return cap(buf) > 0 && cap(d) > 0 && &buf[:1][0] == &d[:1][0]
+}
+
+// internPorts returns a map equal to ports that the parser shares between the
+// endpoints and services with the same ports: most of 50k services map one
+// unnamed port to the same target port. The maps are never changed.
+func (p *clusterParser) internPorts(ports map[string]uint16) map[string]uint16 {
+	if len(ports) > 4 {
+		return ports
+	}
+	var b []byte
+	for _, name := range slices.Sorted(maps.Keys(ports)) {
+		b = strconv.AppendUint(append(append(b, name...), 0), uint64(ports[name]), 10)
+		b = append(b, 0)
+	}
+	if shared, ok := p.portMaps[string(b)]; ok {
+		return shared
+	}
+	if p.portMaps == nil {
+		p.portMaps = map[string]map[string]uint16{}
+	}
+	p.portMaps[string(b)] = ports
+	return ports
 }
 
 // reset forgets the last file and the cached entries.
 func (p *clusterParser) reset() {
-	p.entries = nil
+	p.entries, p.portMaps = nil, nil
 	p.last.rest, p.last.items, p.last.parsed, p.last.c = nil, nil, nil, nil
+	p.last.data, p.last.split = nil, split{}
 }
 
 // assemble sorts the entries into c's services, rejected and ignored ones, as
@@ -189,6 +251,9 @@ func (p *clusterParser) parseEntry(item []byte, nodes map[string]bool) (*parsedE
 	raw := json.RawMessage(js)
 	e := &parsedEntry{id: peekID(raw)}
 	e.svc, e.why, e.ferr = parseService(raw, nodes)
+	for i, ep := range e.svc.Endpoints {
+		e.svc.Endpoints[i].Ports = p.internPorts(ep.Ports)
+	}
 	if e.ferr == nil && e.why == "" {
 		p.seq++
 		e.svc.Revision = "file/" + strconv.FormatUint(p.seq, 10)
@@ -203,9 +268,29 @@ func (p *clusterParser) parseEntry(item []byte, nodes map[string]bool) (*parsedE
 // this can cut safely; a file without services gives no items. entryDoc turns
 // an item into a YAML document of its own.
 func splitServices(data []byte) (rest []byte, items [][]byte, ok bool) {
+	sp, ok := splitFile(data)
+	return sp.rest, sp.items, ok
+}
+
+// split is a cluster file cut by splitFile.
+type split struct {
+	rest       []byte
+	items      [][]byte
+	starts     []int // the offset of each item in the file
+	sectionEnd int   // the offset where the services section ends
+	indent     int   // the column of the items' "-"
+	// For a cut by splitChange: items[:prefix] are the last cut's first
+	// items, and items[newSuffix:] its items from oldSuffix on, unchanged.
+	changed                      bool
+	prefix, oldSuffix, newSuffix int
+}
+
+func splitFile(data []byte) (sp split, ok bool) {
+	var rest []byte
+	var items [][]byte
 	for _, c := range []byte("\t\r") {
 		if bytes.IndexByte(data, c) >= 0 {
-			return nil, nil, false
+			return split{}, false
 		}
 	}
 	// Find the services key: the only line starting with "services:".
@@ -214,20 +299,20 @@ func splitServices(data []byte) (rest []byte, items [][]byte, ok bool) {
 		line, next := lineAt(data, off)
 		switch {
 		case bytes.HasPrefix(line, []byte("---")) || bytes.HasPrefix(line, []byte("...")) || bytes.HasPrefix(line, []byte("%")):
-			return nil, nil, false // several documents or directives
+			return split{}, false // several documents or directives
 		case bytes.HasPrefix(line, []byte("services:")):
 			if start >= 0 {
-				return nil, nil, false // a duplicate key: ParseCluster reports it
+				return split{}, false // a duplicate key: ParseCluster reports it
 			}
 			if after := bytes.TrimSpace(line[len("services:"):]); len(after) > 0 && after[0] != '#' {
-				return nil, nil, false // services: [...] or an alias
+				return split{}, false // services: [...] or an alias
 			}
 			start = off
 		}
 		off = next
 	}
 	if start < 0 {
-		return data, nil, true
+		return split{rest: data}, true
 	}
 	_, off := lineAt(data, start)
 	indent := -1 // the list's "-" column
@@ -242,7 +327,7 @@ func splitServices(data []byte) (rest []byte, items [][]byte, ok bool) {
 		}
 		if n == 0 && text[0] != '-' || indent >= 0 && n < indent {
 			if n != 0 {
-				return nil, nil, false // an indentation that ends neither the item nor the section
+				return split{}, false // an indentation that ends neither the item nor the section
 			}
 			end = off // the next top-level key
 			break
@@ -250,7 +335,7 @@ func splitServices(data []byte) (rest []byte, items [][]byte, ok bool) {
 		item := text[0] == '-' && (len(text) == 1 || text[1] == ' ' || text[1] == '\n')
 		if indent < 0 {
 			if !item {
-				return nil, nil, false
+				return split{}, false
 			}
 			indent = n
 		}
@@ -260,8 +345,9 @@ func splitServices(data []byte) (rest []byte, items [][]byte, ok bool) {
 				items = append(items, data[itemStart:off])
 			}
 			itemStart = off
+			sp.starts = append(sp.starts, off)
 		case n <= indent:
-			return nil, nil, false
+			return split{}, false
 		}
 		off = next
 	}
@@ -271,11 +357,127 @@ func splitServices(data []byte) (rest []byte, items [][]byte, ok bool) {
 	section := data[start:end]
 	for _, c := range []byte("&*!|>") {
 		if bytes.IndexByte(section, c) >= 0 {
-			return nil, nil, false // anchors, aliases, tags, block scalars
+			return split{}, false // anchors, aliases, tags, block scalars
 		}
 	}
 	rest = slices.Concat(data[:start], data[end:])
-	return rest, items, true
+	sp.rest, sp.items, sp.sectionEnd, sp.indent = rest, items, end, indent
+	return sp, true
+}
+
+// splitChange cuts data, a new version of the file last cut as last (from
+// lastData), by re-cutting only the entries around the bytes that changed: a
+// file of 50k entries has one changed entry, and the others keep their text.
+// ok is false unless the change lies within the services list and the entries
+// around it cut cleanly; splitFile then cuts the whole file.
+func splitChange(lastData []byte, last split, data []byte) (sp split, ok bool) {
+	if len(last.starts) == 0 {
+		return split{}, false
+	}
+	lo := commonPrefix(lastData, data)
+	hi := commonSuffix(lastData, data, min(len(lastData), len(data))-lo)
+	oldEnd := len(lastData) - hi // the change is lastData[lo:oldEnd]
+	if lo < last.starts[0] || oldEnd > last.sectionEnd {
+		return split{}, false
+	}
+	// k1: the first entry to cut again, the one before the change's start
+	// (the change may be a line added to it); k2: the first entry wholly in
+	// the unchanged end.
+	k1 := max(sort.SearchInts(last.starts, lo)-1, 0)
+	k2 := sort.SearchInts(last.starts, oldEnd)
+	if k2 <= k1 {
+		k2 = k1 + 1
+	}
+	shift := len(data) - len(lastData)
+	midEnd := last.sectionEnd + shift
+	if k2 < len(last.starts) {
+		midEnd = last.starts[k2] + shift
+	}
+	midStart := last.starts[k1]
+	if midEnd < midStart || midEnd > len(data) || midEnd > 0 && data[midEnd-1] != '\n' {
+		return split{}, false
+	}
+	mid := data[midStart:midEnd]
+	for _, c := range []byte("\t\r&*!|>") {
+		if bytes.IndexByte(mid, c) >= 0 {
+			return split{}, false
+		}
+	}
+	sp = split{rest: last.rest, sectionEnd: last.sectionEnd + shift, indent: last.indent}
+	sp.starts = make([]int, 0, len(last.starts)+1)
+	sp.items = make([][]byte, 0, len(last.starts)+1)
+	end := func(i int, starts []int, sectionEnd int) int {
+		if i+1 < len(starts) {
+			return starts[i+1]
+		}
+		return sectionEnd
+	}
+	for i := range k1 {
+		sp.starts = append(sp.starts, last.starts[i])
+		sp.items = append(sp.items, data[last.starts[i]:last.starts[i+1]])
+	}
+	// The re-cut part: items at the list's column, their lines deeper.
+	itemStart := -1
+	for off := midStart; off < midEnd; {
+		line, next := lineAt(data, off)
+		text := bytes.TrimLeft(line, " ")
+		n := len(line) - len(text)
+		if len(text) == 0 || text[0] == '#' || text[0] == '\n' {
+			off = next
+			continue
+		}
+		item := text[0] == '-' && (len(text) == 1 || text[1] == ' ' || text[1] == '\n')
+		switch {
+		case n == last.indent && item:
+			if itemStart >= 0 {
+				sp.items = append(sp.items, data[itemStart:off])
+			}
+			itemStart = off
+			sp.starts = append(sp.starts, off)
+		case n > last.indent && itemStart >= 0:
+		default:
+			return split{}, false
+		}
+		off = next
+	}
+	if itemStart >= 0 {
+		sp.items = append(sp.items, data[itemStart:midEnd])
+	}
+	sp.changed, sp.prefix, sp.oldSuffix, sp.newSuffix = true, k1, k2, len(sp.items)
+	for i := k2; i < len(last.starts); i++ {
+		start := last.starts[i] + shift
+		sp.starts = append(sp.starts, start)
+		sp.items = append(sp.items, data[start:end(i, last.starts, last.sectionEnd)+shift])
+	}
+	return sp, true
+}
+
+// commonPrefix returns the length of the longest common prefix of a and b.
+func commonPrefix(a, b []byte) int {
+	n := min(len(a), len(b))
+	const chunk = 4096
+	i := 0
+	for i+chunk <= n && bytes.Equal(a[i:i+chunk], b[i:i+chunk]) {
+		i += chunk
+	}
+	for i < n && a[i] == b[i] {
+		i++
+	}
+	return i
+}
+
+// commonSuffix returns the length, at most limit, of the longest common suffix
+// of a and b.
+func commonSuffix(a, b []byte, limit int) int {
+	const chunk = 4096
+	i := 0
+	for i+chunk <= limit && bytes.Equal(a[len(a)-i-chunk:len(a)-i], b[len(b)-i-chunk:len(b)-i]) {
+		i += chunk
+	}
+	for i < limit && a[len(a)-i-1] == b[len(b)-i-1] {
+		i++
+	}
+	return i
 }
 
 // lineAt returns the line starting at off, with its newline, and the offset of

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -126,4 +127,113 @@ func TestSplitServices(t *testing.T) {
 			t.Errorf("splitServices(%q) = %d items, %t; want %d, %t", c.data, len(items), ok, c.items, c.ok)
 		}
 	}
+}
+
+// splitChange gives what splitFile gives, whatever the edit, or declines.
+func TestSplitChangeMatchesSplitFile(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(parseNodes + "services:   # list\n")
+	for i := range 30 {
+		if i%7 == 3 {
+			b.WriteString("    # a comment\n\n")
+		}
+		fmt.Fprintf(&b, "  - name: s%d\n    clusterIPs: [10.96.0.%d]\n    ports: [{port: 80}]\n    endpoints:\n      - {addresses: [10.244.0.%d], node: node-a}\n", i, i+1, i+2)
+	}
+	b.WriteString("# trailing comment\n")
+	base := b.String()
+	edits := []struct {
+		name string
+		edit func(s string, r *rand.Rand) string
+	}{
+		{"change a byte in an entry", func(s string, r *rand.Rand) string {
+			i := strings.Index(s, fmt.Sprintf("name: s%d\n", r.IntN(30)))
+			return s[:i+7] + "x" + s[i+7:]
+		}},
+		{"change an endpoint", func(s string, r *rand.Rand) string {
+			return strings.Replace(s, fmt.Sprintf("10.244.0.%d]", r.IntN(30)+2), "10.244.1.1]", 1)
+		}},
+		{"add a line to an entry", func(s string, r *rand.Rand) string {
+			i := strings.Index(s, fmt.Sprintf("name: s%d\n", r.IntN(30)))
+			j := i + strings.Index(s[i:], "\n") + 1
+			return s[:j] + "    namespace: x\n" + s[j:]
+		}},
+		{"insert an entry", func(s string, r *rand.Rand) string {
+			i := strings.Index(s, fmt.Sprintf("  - name: s%d\n", r.IntN(30)))
+			return s[:i] + "  - name: new\n    clusterIPs: [10.96.1.1]\n    ports: [{port: 80}]\n" + s[i:]
+		}},
+		{"remove an entry", func(s string, r *rand.Rand) string {
+			k := r.IntN(29)
+			i := strings.Index(s, fmt.Sprintf("  - name: s%d\n", k))
+			j := strings.Index(s, fmt.Sprintf("  - name: s%d\n", k+1))
+			return s[:i] + s[j:]
+		}},
+		{"remove the last entry", func(s string, r *rand.Rand) string {
+			i := strings.Index(s, "  - name: s29\n")
+			return s[:i] + "# trailing comment\n"
+		}},
+		{"append an entry", func(s string, r *rand.Rand) string {
+			return strings.Replace(s, "# trailing comment\n", "  - name: last\n    ports: [{port: 80}]\n# trailing comment\n", 1)
+		}},
+		{"change the nodes", func(s string, r *rand.Rand) string { return strings.Replace(s, "192.168.1.10", "192.168.1.20", 1) }},
+		{"bad indentation", func(s string, r *rand.Rand) string {
+			return strings.Replace(s, fmt.Sprintf("    clusterIPs: [10.96.0.%d]", r.IntN(30)+1), " clusterIPs: [10.96.0.99]", 1)
+		}},
+		{"new top-level key", func(s string, r *rand.Rand) string {
+			return strings.Replace(s, fmt.Sprintf("  - name: s%d\n", r.IntN(30)), "other: 1\n", 1)
+		}},
+		{"anchor", func(s string, r *rand.Rand) string {
+			return strings.Replace(s, fmt.Sprintf("name: s%d\n", r.IntN(30)), "name: &a s\n", 1)
+		}},
+		{"no change", func(s string, r *rand.Rand) string { return s }},
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	cut := map[string]int{}
+	for range 400 {
+		e := edits[r.IntN(len(edits))]
+		r1 := rand.New(rand.NewPCG(r.Uint64(), 0))
+		old := base
+		if r.IntN(2) == 0 { // sometimes from an already edited file
+			old = edits[1].edit(base, r1)
+		}
+		lastSplit, ok := splitFile([]byte(old))
+		if !ok {
+			t.Fatalf("base file does not split")
+		}
+		data := e.edit(old, r1)
+		got, ok := splitChange([]byte(old), lastSplit, []byte(data))
+		if !ok {
+			continue
+		}
+		cut[e.name]++
+		want, wantOK := splitFile([]byte(data))
+		if !wantOK {
+			t.Fatalf("%s: splitChange cut a file splitFile refuses:\n%s", e.name, data)
+		}
+		if !slicesEqualBytes(got.items, want.items) || string(got.rest) != string(want.rest) ||
+			fmt.Sprint(got.starts) != fmt.Sprint(want.starts) || got.sectionEnd != want.sectionEnd || got.indent != want.indent {
+			t.Fatalf("%s: splitChange differs from splitFile:\n got starts %v end %d\nwant starts %v end %d", e.name, got.starts, got.sectionEnd, want.starts, want.sectionEnd)
+		}
+	}
+	for _, e := range edits[:7] {
+		if cut[e.name] == 0 {
+			t.Errorf("%s: splitChange never cut the file; it should (cut: %v)", e.name, cut)
+		}
+	}
+	for _, name := range []string{"change the nodes", "bad indentation", "new top-level key", "anchor"} {
+		if cut[name] > 0 {
+			t.Errorf("%s: splitChange cut the file %d times; it must decline", name, cut[name])
+		}
+	}
+}
+
+func slicesEqualBytes(a, b [][]byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if string(a[i]) != string(b[i]) {
+			return false
+		}
+	}
+	return true
 }

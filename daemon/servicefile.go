@@ -315,7 +315,10 @@ func parseEndpoints(eps []endpointFile, targets map[string]uint16, nodes map[str
 		if e.Node != "" && !nodes[e.Node] {
 			return nil, bad(field+".node", e.Node, "not a node of the cluster file")
 		}
-		ports := maps.Clone(targets)
+		ports := targets // shared, read-only: at 50k services × 4 endpoints a map each would cost 40 MB
+		if len(e.Ports) > 0 {
+			ports = maps.Clone(targets)
+		}
 		for _, name := range slices.Sorted(maps.Keys(e.Ports)) {
 			n, pf := e.Ports[name], field+".ports."+name
 			if _, ok := targets[name]; !ok {
@@ -332,7 +335,7 @@ func parseEndpoints(eps []endpointFile, targets map[string]uint16, nodes map[str
 		}
 		ready := deref(e.Ready, true)
 		for _, a := range addrs {
-			out = append(out, nft.Endpoint{Address: a, Ports: maps.Clone(ports), NodeName: e.Node,
+			out = append(out, nft.Endpoint{Address: a, Ports: ports, NodeName: e.Node,
 				Ready: ready, Serving: deref(e.Serving, ready), Terminating: deref(e.Terminating, false)})
 		}
 	}

@@ -89,7 +89,7 @@ func splitSkipped(err error) (*nft.SkippedError, error) {
 }
 
 // logLoad logs a load of the cluster file, with each rejected service.
-func (d *Daemon) logLoad(msg string, c *Cluster) {
+func (d *Daemon) logLoad(msg string, c *Cluster, extra ...zap.Field) {
 	for _, e := range c.RejectedServices {
 		d.log.Warn("service rejected", serviceErrorFields(e)...)
 	}
@@ -97,9 +97,9 @@ func (d *Daemon) logLoad(msg string, c *Cluster) {
 		d.log.Debug("service ignored", zap.Int("index", ig.Index),
 			zap.String("service", ig.Namespace+"/"+ig.Name), zap.String("reason", ig.Reason))
 	}
-	d.log.Info(msg, zap.String("file", d.cfg.ClusterFile), zap.Int("nodes", len(c.Nodes)),
+	d.log.Info(msg, append([]zap.Field{zap.String("file", d.cfg.ClusterFile), zap.Int("nodes", len(c.Nodes)),
 		zap.Int("services", len(c.Services)), zap.Int("servicesRejected", len(c.RejectedServices)),
-		zap.Int("servicesIgnored", len(c.IgnoredServices)))
+		zap.Int("servicesIgnored", len(c.IgnoredServices))}, extra...)...)
 }
 
 // logRefused logs what the table skipped that it did not skip in the previous

@@ -22,7 +22,7 @@ const (
 
 	// layoutVersion tags every rule (see ruleTag). Bump it whenever a set, the
 	// chain or a rule changes.
-	layoutVersion = 4
+	layoutVersion = 5
 
 	setClusterCIDRs4 = "cluster-cidrs-v4"
 	setClusterCIDRs6 = "cluster-cidrs-v6"
@@ -60,7 +60,12 @@ var setSpecs = slices.Concat([]setSpec{
 func (spec setSpec) newSet(table *nftables.Table) *nftables.Set {
 	s := &nftables.Set{Table: table, Name: spec.name, KeyType: spec.keyType, Interval: spec.interval}
 	if spec.svc {
-		s.Concatenation = strings.Contains(spec.keyType.Name, " . ")
+		// NFT_SET_CONCAT makes the kernel pick its pipapo backend, which an
+		// interval of concatenations needs; for exact keys it would only cost
+		// (pipapo copies its lookup tables at each transaction that changes
+		// the set: milliseconds at 200k elements). Without it an exact
+		// concatenated key goes to a hash table, as with nft.
+		s.Concatenation = spec.interval && strings.Contains(spec.keyType.Name, " . ")
 		if spec.dataType != nil {
 			s.IsMap, s.DataType = true, *spec.dataType
 		}

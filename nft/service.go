@@ -96,6 +96,7 @@ type Endpoint struct {
 	Address netip.Addr
 	// Ports maps a service port's Name to the endpoint's port for it. A
 	// service port whose name is missing here does not use this endpoint.
+	// Sync only reads it: endpoints may share one map.
 	Ports map[string]uint16
 	// NodeName is the node the endpoint runs on; Local policies compare it
 	// with State.NodeName.

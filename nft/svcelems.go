@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -20,10 +21,37 @@ import (
 // text as `nft list` prints it and its listing order are derived from the bytes
 // when needed (Render), so that an index of 50k services holds only the bytes.
 type element struct {
-	key, keyEnd, val []byte
-	verdict          *expr.Verdict
-	keyFields        fieldKinds
-	valFields        fieldKinds
+	b           []byte // the key, the key end (ranges), the value (maps)
+	klen, kelen uint8
+	verdict     *expr.Verdict
+	keyFields   fieldKinds
+	valFields   fieldKinds
+}
+
+// key returns the element's key.
+func (e element) key() []byte { return e.b[:e.klen:e.klen] }
+
+// keyEnd returns a range's last key, nil for other elements.
+func (e element) keyEnd() []byte {
+	if e.kelen == 0 {
+		return nil
+	}
+	return e.b[e.klen : e.klen+e.kelen : e.klen+e.kelen]
+}
+
+// val returns a data map element's value, nil for other elements.
+func (e element) val() []byte {
+	if len(e.b) == int(e.klen)+int(e.kelen) {
+		return nil
+	}
+	return e.b[e.klen+e.kelen:]
+}
+
+// newElement packs key, keyEnd and val into one slice.
+func newElement(key, keyEnd, val []byte) element {
+	b := make([]byte, 0, len(key)+len(keyEnd)+len(val))
+	b = append(append(append(b, key...), keyEnd...), val...)
+	return element{b: b, klen: uint8(len(key)), kelen: uint8(len(keyEnd))}
 }
 
 // fieldKind is the type of one field of a concatenated key or value.
@@ -42,7 +70,7 @@ const (
 type fieldKinds [6]fieldKind
 
 func (e element) setElement() nftables.SetElement {
-	return nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd, Val: e.val, VerdictData: e.verdict}
+	return nftables.SetElement{Key: e.key(), KeyEnd: e.keyEnd(), Val: e.val(), VerdictData: e.verdict}
 }
 
 // elementID identifies an element with its data, so that a changed map value
@@ -60,7 +88,7 @@ func elementID(key, keyEnd, val []byte, v *expr.Verdict) string {
 }
 
 // id identifies e with its data within its set.
-func (e element) id() string { return elementID(e.key, e.keyEnd, e.val, e.verdict) }
+func (e element) id() string { return elementID(e.key(), e.keyEnd(), e.val(), e.verdict) }
 
 // walkFields calls f with each field of b described by kinds, in order; v4
 // says the addresses are IPv4 addresses.
@@ -85,10 +113,10 @@ func walkFields(b []byte, kinds fieldKinds, v4 bool, f func(k fieldKind, field [
 
 // v4 tells the family of e's addresses from the lengths of its key and value.
 func (e element) v4() bool {
-	if v4, ok := family4(e.key, e.keyFields); ok {
+	if v4, ok := family4(e.key(), e.keyFields); ok {
 		return v4
 	}
-	v4, _ := family4(e.val, e.valFields)
+	v4, _ := family4(e.val(), e.valFields)
 	return v4
 }
 
@@ -127,11 +155,12 @@ func (e element) text() string {
 	v4 := e.v4()
 	var parts []string
 	off := 0
-	walkFields(e.key, e.keyFields, v4, func(k fieldKind, b []byte) {
+	keyEnd := e.keyEnd()
+	walkFields(e.key(), e.keyFields, v4, func(k fieldKind, b []byte) {
 		t := fieldText(k, b)
-		if k == fieldPrefix && len(e.keyEnd) >= off+len(b) {
+		if k == fieldPrefix && len(keyEnd) >= off+len(b) {
 			start, _ := netip.AddrFromSlice(b)
-			last := e.keyEnd[off : off+len(b)]
+			last := keyEnd[off : off+len(b)]
 			bits := len(b) * 8
 			for i := len(b)*8 - 1; i >= 0 && b[i/8]&(0x80>>(i%8)) == 0 && last[i/8]&(0x80>>(i%8)) != 0; i-- {
 				bits--
@@ -145,9 +174,9 @@ func (e element) text() string {
 	if e.verdict != nil {
 		return out + " : " + verdictText(*e.verdict)
 	}
-	if e.val != nil {
+	if val := e.val(); val != nil {
 		parts = parts[:0]
-		walkFields(e.val, e.valFields, v4, func(k fieldKind, b []byte) { parts = append(parts, fieldText(k, b)) })
+		walkFields(val, e.valFields, v4, func(k fieldKind, b []byte) { parts = append(parts, fieldText(k, b)) })
 		out += " : " + strings.Join(parts, " . ")
 	}
 	return out
@@ -157,7 +186,7 @@ func (e element) text() string {
 // elements in.
 func (e element) sortKey() []byte {
 	var out []byte
-	walkFields(e.key, e.keyFields, e.v4(), func(k fieldKind, b []byte) {
+	walkFields(e.key(), e.keyFields, e.v4(), func(k fieldKind, b []byte) {
 		switch k {
 		case fieldProto:
 			out = append(out, b[0])
@@ -175,6 +204,7 @@ func (e element) sortKey() []byte {
 // keyBuilder concatenates key fields as nftables registers hold them: each field
 // padded to a multiple of 4 bytes.
 type keyBuilder struct {
+	buf    [48]byte // key's first storage
 	key    []byte
 	fields fieldKinds
 	n      int
@@ -205,33 +235,53 @@ func (k *keyBuilder) slot(n uint32) *keyBuilder {
 	return k.field(fieldSlot, binaryutil.NativeEndian.PutUint32(n)...)
 }
 
-func newKey() *keyBuilder { return &keyBuilder{key: make([]byte, 0, 40)} }
+func newKey() *keyBuilder {
+	k := &keyBuilder{}
+	k.key = k.buf[:0]
+	return k
+}
 
 // setElem is an element of a set (no data).
 func setElem(k *keyBuilder) element {
-	return element{key: slices.Clip(k.key), keyFields: k.fields}
+	e := newElement(k.key, nil, nil)
+	e.keyFields = k.fields
+	return e
 }
 
 // mapElem is an element of a data map.
 func mapElem(k, v *keyBuilder) element {
-	b := append(slices.Clip(k.key), v.key...) // one allocation for both
-	return element{key: b[:len(k.key):len(k.key)], val: b[len(k.key):], keyFields: k.fields, valFields: v.fields}
+	e := newElement(k.key, nil, v.key)
+	e.keyFields, e.valFields = k.fields, v.fields
+	return e
 }
 
-// vmapElem is an element of a verdict map.
+// vmapElem is an element of a verdict map. Verdicts are shared: their chain
+// names come from a small set.
 func vmapElem(k *keyBuilder, v expr.Verdict) element {
-	return element{key: slices.Clip(k.key), verdict: &v, keyFields: k.fields}
+	e := newElement(k.key, nil, nil)
+	e.verdict, e.keyFields = internVerdict(v), k.fields
+	return e
+}
+
+var verdicts sync.Map // expr.Verdict → *expr.Verdict
+
+func internVerdict(v expr.Verdict) *expr.Verdict {
+	if p, ok := verdicts.Load(v); ok {
+		return p.(*expr.Verdict)
+	}
+	p, _ := verdicts.LoadOrStore(v, &v)
+	return p.(*expr.Verdict)
 }
 
 // rangeElem is an element of a concatenated interval set whose last field is the
 // prefix p.
 func rangeElem(k *keyBuilder, p netip.Prefix) element {
-	n := len(k.key)
-	start := append(slices.Clip(k.key), p.Addr().AsSlice()...)
-	end := append(slices.Clip(k.key), lastAddr(p).AsSlice()...)
-	fields := k.fields
-	fields[k.n] = fieldPrefix
-	return element{key: start, keyEnd: end[:n+len(p.Addr().AsSlice())], keyFields: fields}
+	start := append(slices.Clone(k.key), p.Addr().AsSlice()...)
+	end := append(slices.Clone(k.key), lastAddr(p).AsSlice()...)
+	e := newElement(start, end, nil)
+	e.keyFields = k.fields
+	e.keyFields[k.n] = fieldPrefix
+	return e
 }
 
 func verdictText(v expr.Verdict) string {
@@ -271,7 +321,7 @@ func sortElements(es []element) {
 		ks[i] = keyed{e.sortKey(), e}
 	}
 	slices.SortFunc(ks, func(a, b keyed) int {
-		return cmp.Or(bytes.Compare(a.sort, b.sort), bytes.Compare(a.e.keyEnd, b.e.keyEnd))
+		return cmp.Or(bytes.Compare(a.sort, b.sort), bytes.Compare(a.e.keyEnd(), b.e.keyEnd()))
 	})
 	for i, k := range ks {
 		es[i] = k.e

@@ -386,7 +386,7 @@ func (t *tally) countShared(se setElement, n int) {
 	if !sharedSet(se.set) {
 		return
 	}
-	k := string(rune(se.set)) + string(se.e.key)
+	k := string(rune(se.set)) + string(se.e.key())
 	if _, ok := t.sharedBefore[k]; !ok {
 		t.sharedBefore[k] = t.x.shared[k] > 0
 		if t.sharedElems == nil {
@@ -456,7 +456,7 @@ func (x *svcIndex) union() svcDesired {
 		}
 		for _, se := range e.elems {
 			if sharedSet(se.set) {
-				k := string(rune(se.set)) + string(se.e.key)
+				k := string(rune(se.set)) + string(se.e.key())
 				if seen[k] {
 					continue
 				}

@@ -226,7 +226,7 @@ func queueDelta(conn *nftables.Conn, old, base desired, delta svcDelta) (bool, e
 		}
 		dels := make([]nftables.SetElement, len(del))
 		for i, e := range del {
-			dels[i] = nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd}
+			dels[i] = nftables.SetElement{Key: e.key(), KeyEnd: e.keyEnd()}
 		}
 		adds := make([]nftables.SetElement, len(add))
 		for i, e := range add {

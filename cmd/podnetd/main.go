@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -16,7 +17,23 @@ import (
 	"github.com/podnet/podnet/daemon"
 )
 
+// Garbage collector settings unless GOGC / GOMEMLIMIT say otherwise: the heap
+// may grow to 1.5× the live data (Go's default is 2×), and the collector works
+// harder as the heap nears memLimit (a soft limit: above it, with more live
+// data, podnetd only spends more CPU). At 50k services the live data is
+// ~140 MB, and the start (the whole table in one batch) adds the batch.
+const (
+	gcPercent = 50
+	memLimit  = 256 << 20
+)
+
 func main() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(memLimit)
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "podnetd:", err)
 		os.Exit(1)
