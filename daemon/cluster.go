@@ -18,8 +18,8 @@ import (
 type Cluster struct {
 	Nodes []Node `json:"nodes"`
 	// Services are the file's valid services, in file order, as the nft table
-	// programs them.
-	Services []nft.Service
+	// programs them. They are never changed: successive Clusters share them.
+	Services []*nft.Service
 	// RejectedServices are the file's invalid services, left out one by one
 	// without failing the file; the daemon logs them at each load.
 	RejectedServices []*ServiceError

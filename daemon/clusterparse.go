@@ -196,7 +196,7 @@ func (p *clusterParser) assemble(c *Cluster, parsed []*parsedEntry) {
 			c.IgnoredServices = append(c.IgnoredServices, IgnoredService{Index: i, Namespace: e.id.Namespace, Name: e.id.Name, Reason: e.why})
 		default:
 			claims.addClaims(e.claims, i, e.svc)
-			c.Services, c.serviceIndex = append(c.Services, e.svc), append(c.serviceIndex, i)
+			c.Services, c.serviceIndex = append(c.Services, &e.svc), append(c.serviceIndex, i)
 		}
 	}
 }
@@ -235,7 +235,7 @@ func (p *clusterParser) reuseAssembly(c *Cluster, parsed []*parsedEntry) bool {
 	if len(changed) > 0 {
 		c.Services = slices.Clone(prev.Services)
 		for k, i := range changed {
-			c.Services[pos[k]] = parsed[i].svc
+			c.Services[pos[k]] = &parsed[i].svc
 		}
 	}
 	return true

@@ -62,7 +62,7 @@ type frontends map[frontend]map[endpointPort]bool
 
 // frontendsOf lists the frontends of services, as programmed by the table. A
 // VIP is served by the endpoints of its family, a NodePort by those of both.
-func frontendsOf(services []nft.Service) frontends {
+func frontendsOf(services []*nft.Service) frontends {
 	out := frontends{}
 	for _, svc := range services {
 		if !slices.ContainsFunc(svc.Ports, func(p nft.ServicePort) bool { _, ok := ctProtocols[p.Protocol]; return ok }) {
@@ -88,7 +88,7 @@ func frontendsOf(services []nft.Service) frontends {
 // servingEndpoints are the endpoints of svc whose address keep passes that the
 // table may send port's traffic to: those with the port that are ready, or
 // serving and terminating (nft.Endpoint).
-func servingEndpoints(svc nft.Service, port nft.ServicePort, keep func(netip.Addr) bool) map[endpointPort]bool {
+func servingEndpoints(svc *nft.Service, port nft.ServicePort, keep func(netip.Addr) bool) map[endpointPort]bool {
 	out := map[endpointPort]bool{}
 	for _, ep := range svc.Endpoints {
 		target, ok := ep.Ports[port.Name]
@@ -153,7 +153,7 @@ type conntrackCleaner struct {
 // returns none: what the table held before podnetd started is unknown. A
 // Cluster is never changed once stored, and the table programs the same
 // services from the same cluster, so a resync of the same cluster only retries.
-func (cl *conntrackCleaner) next(c *Cluster, programmed []nft.Service) []conntrack.Filter {
+func (cl *conntrackCleaner) next(c *Cluster, programmed []*nft.Service) []conntrack.Filter {
 	if cl.last != nil && c == cl.source {
 		return cl.retries(cl.last)
 	}
@@ -197,7 +197,7 @@ func stillStale(f conntrack.Filter, serving map[endpointPort]bool) bool {
 // programmed services, after a sync that programmed the table from c. Failures are
 // logged and counted in the status, never returned: the filters are retried at
 // the next sync.
-func (d *Daemon) cleanConntrack(c *Cluster, programmed []nft.Service) {
+func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service) {
 	cl := d.ctClean
 	if cl == nil {
 		return

@@ -266,7 +266,7 @@ func TestConntrackRefusedService(t *testing.T) {
 	}
 	cluster := func(s nft.Service) *Cluster {
 		c := ctCluster(t)
-		c.Services = []nft.Service{s}
+		c.Services = []*nft.Service{&s}
 		return c
 	}
 	a, b := addr("10.244.0.5"), addr("10.244.1.5")

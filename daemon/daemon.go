@@ -53,6 +53,9 @@ type Daemon struct {
 	podNet   atomic.Pointer[podNet]
 	trigger  chan struct{}
 	sysctl   func(name, value string) error // setSysctl; replaced in tests
+	// stateBuf is the storage of the last nft.State's services, reused by
+	// the next sync (syncNode only).
+	stateBuf []nft.Service
 	// parser parses the cluster file, reusing the services of the last one.
 	parser clusterParser
 	// noBrNetfilter: the missing br_netfilter module was logged.
@@ -339,7 +342,9 @@ func (d *Daemon) syncNode() error {
 	}
 	ch, routeErr := d.kernel.SyncRoutes(routes)
 	d.logRouteChanges(ch)
-	nftSkipped, nftErr := splitSkipped(d.nft.Sync(desiredNFT(c, node.Name)))
+	state := desiredNFT(c, node.Name, d.stateBuf)
+	d.stateBuf = state.Services
+	nftSkipped, nftErr := splitSkipped(d.nft.Sync(state))
 	if nftErr == nil { // the table holds this state, less what it skipped
 		v := newServiceView(c, nftSkipped)
 		d.logRefused(d.services.Swap(v), v)

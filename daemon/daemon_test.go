@@ -113,7 +113,7 @@ func TestSyncNode(t *testing.T) {
 	if !ok {
 		t.Fatal("nft table not synced")
 	}
-	if diff := cmp.Diff(desiredNFT(c, "node-a"), st, netipComparers); diff != "" {
+	if diff := cmp.Diff(desiredNFT(c, "node-a", nil), st, netipComparers); diff != "" {
 		t.Errorf("nft state (-want +got):\n%s", diff)
 	}
 	if got := td.sysctls; !maps.Equal(got, map[string]string{"net.ipv4.ip_forward": "1", "net.bridge.bridge-nf-call-iptables": "1"}) {
@@ -160,7 +160,7 @@ func TestSyncNode(t *testing.T) {
 		t.Errorf("routes after change (-want +got):\n%s", diff)
 	}
 	st, _ = td.nft.LastState()
-	if diff := cmp.Diff(desiredNFT(c2, "node-a"), st, netipComparers); diff != "" {
+	if diff := cmp.Diff(desiredNFT(c2, "node-a", nil), st, netipComparers); diff != "" {
 		t.Errorf("nft state after change (-want +got):\n%s", diff)
 	}
 	if s := td.Status(); s.Peers != 1 || s.Routes != 1 || s.Allocations != 1 {

@@ -40,9 +40,15 @@ func addrOfFamily(addrs []netip.Addr, v4 bool) (netip.Addr, bool) {
 }
 
 // desiredNFT is the table's state on node self: every podCIDR and node address
-// of the cluster (masquerade), self's addresses, and the cluster's services.
-func desiredNFT(c *Cluster, self string) nft.State {
-	s := nft.State{NodeName: self, Services: c.Services}
+// of the cluster (masquerade), self's addresses, and the cluster's services,
+// copied into buf's storage when it is large enough (at 50k services a new
+// slice would be 12 MB of garbage per sync).
+func desiredNFT(c *Cluster, self string, buf []nft.Service) nft.State {
+	svcs := buf[:0]
+	for _, svc := range c.Services {
+		svcs = append(svcs, *svc)
+	}
+	s := nft.State{NodeName: self, Services: svcs}
 	for _, n := range c.Nodes {
 		s.ClusterCIDRs = append(s.ClusterCIDRs, n.PodCIDRs...)
 		s.NodeIPs = append(s.NodeIPs, n.Addresses...)

@@ -113,7 +113,7 @@ func TestDesiredNFT(t *testing.T) {
 			{Name: "b", Addresses: []netip.Addr{addr("192.168.1.2")}, PodCIDRs: []netip.Prefix{prefix("10.244.1.0/24")}},
 			{Name: "c", Addresses: []netip.Addr{addr("192.168.1.3")}},
 		},
-		Services: []nft.Service{web},
+		Services: []*nft.Service{&web},
 	}
 	base := nft.State{
 		ClusterCIDRs: []netip.Prefix{prefix("10.244.0.0/24"), prefix("fd00:10:244::/64"), prefix("10.244.1.0/24")},
@@ -132,13 +132,13 @@ func TestDesiredNFT(t *testing.T) {
 		t.Run(tt.self, func(t *testing.T) {
 			want := base
 			want.NodeName, want.LocalIPs = tt.self, tt.localIPs
-			if diff := cmp.Diff(want, desiredNFT(c, tt.self), netipComparers); diff != "" {
+			if diff := cmp.Diff(want, desiredNFT(c, tt.self, nil), netipComparers); diff != "" {
 				t.Errorf("desiredNFT (-want +got):\n%s", diff)
 			}
 		})
 	}
-	if got := desiredNFT(&Cluster{}, "a"); len(got.ClusterCIDRs)+len(got.NodeIPs)+len(got.LocalIPs)+len(got.Services) != 0 {
-		t.Errorf("desiredNFT(empty) = %+v", got)
+	if got := desiredNFT(&Cluster{}, "a", nil); len(got.ClusterCIDRs)+len(got.NodeIPs)+len(got.LocalIPs)+len(got.Services) != 0 {
+		t.Errorf("desiredNFT(empty, nil) = %+v", got)
 	}
 }
 

@@ -78,7 +78,7 @@ const (
 // returned in rejected; the others are unaffected. index[i] is the position of
 // svcs[i] in raws. nodes holds the node names of the file, which endpoints may
 // name.
-func parseServices(raws []json.RawMessage, nodes map[string]bool) (svcs []nft.Service, index []int, rejected []*ServiceError, ignored []IgnoredService) {
+func parseServices(raws []json.RawMessage, nodes map[string]bool) (svcs []*nft.Service, index []int, rejected []*ServiceError, ignored []IgnoredService) {
 	claims := serviceClaims{}
 	for i, raw := range raws {
 		id := peekID(raw)
@@ -94,7 +94,7 @@ func parseServices(raws []json.RawMessage, nodes map[string]bool) (svcs []nft.Se
 			ignored = append(ignored, IgnoredService{Index: i, Namespace: id.Namespace, Name: id.Name, Reason: why})
 		default:
 			claims.add(svc, i)
-			svcs, index = append(svcs, svc), append(index, i)
+			svcs, index = append(svcs, &svc), append(index, i)
 		}
 	}
 	return svcs, index, rejected, ignored

@@ -165,7 +165,7 @@ func TestParseServices(t *testing.T) {
 			if len(c.RejectedServices)+len(c.IgnoredServices) != 0 {
 				t.Fatalf("rejected %v, ignored %v", c.RejectedServices, c.IgnoredServices)
 			}
-			if diff := cmp.Diff([]nft.Service{tt.want}, c.Services, netipComparers); diff != "" {
+			if diff := cmp.Diff([]*nft.Service{&tt.want}, c.Services, netipComparers); diff != "" {
 				t.Errorf("services (-want +got):\n%s", diff)
 			}
 		})

@@ -15,7 +15,7 @@ import (
 // serviceView is what the last sync that programmed the nft table did with the
 // cluster's services. The debug API and the status report it.
 type serviceView struct {
-	programmed []nft.Service
+	programmed []*nft.Service
 	rejected   []*ServiceError // by the cluster file
 	refused    []*ServiceError // valid in the file, but skipped by the table
 	ignored    []IgnoredService
@@ -133,7 +133,7 @@ func (v *serviceView) apiServices() api.Services {
 		return out
 	}
 	for _, svc := range v.programmed {
-		out.Programmed = append(out.Programmed, apiService(svc))
+		out.Programmed = append(out.Programmed, apiService(*svc))
 	}
 	rejected := slices.Concat(v.rejected, v.refused)
 	slices.SortStableFunc(rejected, func(a, b *ServiceError) int { return a.Index - b.Index })

@@ -110,7 +110,10 @@ func liveHeap() uint64 {
 // daemon's desiredNFT does): masquerade for every node's podCIDRs and
 // addresses, and the cluster's services.
 func nftState(c *daemon.Cluster, self string) nft.State {
-	s := nft.State{NodeName: self, Services: c.Services}
+	s := nft.State{NodeName: self}
+	for _, svc := range c.Services {
+		s.Services = append(s.Services, *svc)
+	}
 	for _, n := range c.Nodes {
 		s.ClusterCIDRs = append(s.ClusterCIDRs, n.PodCIDRs...)
 		s.NodeIPs = append(s.NodeIPs, n.Addresses...)
