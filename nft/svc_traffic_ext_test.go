@@ -396,6 +396,8 @@ func TestSvcDualStack(t *testing.T) {
 	const podA6, podB6, client6, vip6 = "fd00:10:244:2::2", "fd00:10:244:3::2", "fd00:10:244:1::2", "fd00:96::10"
 	serveTCP(t, l.podA, "pod-a", net.JoinHostPort(podA6, "8080"))
 	serveTCP(t, l.podB, "pod-b", net.JoinHostPort(podB6, "8080"))
+	serveUDP(t, l.podA, "pod-a", net.JoinHostPort(podA6, "5353"))
+	serveUDP(t, l.podB, "pod-b", net.JoinHostPort(podB6, "5353"))
 
 	svc := webService(svcEndpoint(svcPodAIP), svcEndpoint(podA6), svcEndpoint(svcPodBIP), svcEndpoint(podB6))
 	svc.ClusterIPs = addrs(svcWebVIP, vip6)
@@ -412,6 +414,8 @@ func TestSvcDualStack(t *testing.T) {
 	const n = 30
 	wantServers(t, "IPv6 ClusterIP", askAll(t, l.client, "tcp6", net.JoinHostPort(vip6, "80"), n, client(client6)), "pod-a", "pod-b")
 	wantServers(t, "IPv4 ClusterIP", askAll(t, l.client, "tcp4", net.JoinHostPort(svcWebVIP, "80"), n, client(svcClientIP)), "pod-a", "pod-b")
+	// UDP over IPv6: each datagram from a new source port is a new flow.
+	wantServers(t, "IPv6 ClusterIP, UDP", askAll(t, l.client, "udp6", net.JoinHostPort(vip6, "53"), n, client(client6)), "pod-a", "pod-b")
 
 	// With ClientIP affinity, each family's connections stick to one endpoint.
 	svc.AffinityTimeout = time.Minute

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jsimonetti/rtnetlink/v2"
+	"golang.org/x/sys/unix"
+
 	"github.com/podnet/podnet/integration/sandbox"
 )
 
@@ -143,7 +146,7 @@ func serveUDP(t *testing.T, ns *sandbox.NetNS, name, addr string) {
 	t.Helper()
 	var pc net.PacketConn
 	err := ns.Do(func() (err error) {
-		pc, err = net.ListenPacket("udp4", addr)
+		pc, err = net.ListenPacket("udp", addr) // the family of addr
 		return err
 	})
 	if err != nil {
@@ -168,7 +171,7 @@ func serveUDP(t *testing.T, ns *sandbox.NetNS, name, addr string) {
 // reply is a server's answer: which pod answered and whom it saw.
 type reply struct{ server, client string }
 
-// ask sends one request from ns to addr over network ("tcp4" or "udp4") and
+// ask sends one request from ns to addr over network ("tcp4", "udp6", …) and
 // returns the answer. A TCP dial error is returned unwrapped enough for
 // errors.Is(err, syscall.ECONNREFUSED).
 func ask(ns *sandbox.NetNS, network, addr string) (reply, error) {
@@ -182,7 +185,7 @@ func ask(ns *sandbox.NetNS, network, addr string) (reply, error) {
 		if err := c.SetDeadline(time.Now().Add(svcTimeout)); err != nil {
 			return err
 		}
-		if network == "udp4" {
+		if strings.HasPrefix(network, "udp") {
 			if _, err := c.Write([]byte("?")); err != nil {
 				return err
 			}
@@ -324,4 +327,29 @@ func TestSvcEndpointRemoved(t *testing.T) {
 	if got := askMany(t, l.client, vip, n, svcClientIP); got["pod-a"] != n {
 		t.Errorf("after removing pod-b, %d connections went to %v, want all to pod-a", n, got)
 	}
+}
+
+// The node itself reaching a ClusterIP from an address outside the cluster
+// CIDRs (its own, 192.168.1.11) is masqueraded: each pod sees the node's
+// address on its link, and replies come back through the node.
+func TestSvcFromNodeMasqueraded(t *testing.T) {
+	sandbox.Require(t)
+	l := newSvcLab(t, "svc-node")
+	c := dial(t, l.node)
+	idx, err := linkIndex(c, "to-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 10.96.0.0/16 dev to-a src 192.168.1.11: the service range, as a node's
+	// default route would cover it, with the node's own address as source.
+	err = c.Route.Add(&rtnetlink.RouteMessage{
+		Family: unix.AF_INET, DstLength: 16, Table: unix.RT_TABLE_MAIN, Protocol: unix.RTPROT_BOOT,
+		Scope: unix.RT_SCOPE_LINK, Type: unix.RTN_UNICAST,
+		Attributes: rtnetlink.RouteAttributes{Dst: net.ParseIP("10.96.0.0"), Src: net.ParseIP("192.168.1.11"), OutIface: idx},
+	})
+	if err != nil {
+		t.Fatalf("route to the service range in node: %v", err)
+	}
+	l.sync(t, webService(svcEndpoint(svcPodAIP), svcEndpoint(svcPodBIP)))
+	wantServers(t, "node to ClusterIP", askAll(t, l.node, "tcp4", net.JoinHostPort(svcWebVIP, "80"), 20, masqueraded), "pod-a", "pod-b")
 }
