@@ -34,6 +34,20 @@ type Config struct {
 	PollInterval time.Duration
 	LogFormat    string // console or json
 	LogLevel     string // debug, info, warn, error
+
+	// Deployment options (deploy.go).
+
+	// CNIPluginSrc is the podnet CNI plugin binary that podnetd copies into
+	// CNIBinDir at start when it differs; empty: the plugin is installed by
+	// other means.
+	CNIPluginSrc string
+	// HealthAddr is the host:port of the HTTP /healthz and /readyz endpoints;
+	// empty: not served.
+	HealthAddr string
+	// SysctlDir is where the net.* sysctls are written: /proc/sys, or in a
+	// container (whose /proc/sys is read-only) a directory holding a
+	// read-write mount of the host's /proc/sys/net.
+	SysctlDir string
 }
 
 // Default returns the configuration podnetd uses unless told otherwise.
@@ -49,6 +63,7 @@ func Default() Config {
 		PollInterval:   time.Second,
 		LogFormat:      "console",
 		LogLevel:       "info",
+		SysctlDir:      "/proc/sys",
 	}
 }
 
@@ -96,5 +111,6 @@ func (c Config) Validate() error {
 	default:
 		bad("log-level", "must be debug, info, warn or error, got %q", c.LogLevel)
 	}
+	errs = append(errs, c.validateDeployment())
 	return errors.Join(errs...)
 }

@@ -64,6 +64,9 @@ type Daemon struct {
 	// ctClean deletes stale conntrack entries after syncs; nil if turned off.
 	ctClean *conntrackCleaner
 
+	// life is readiness for /readyz and systemd's READY=1 (health.go).
+	life lifecycle
+
 	mu     sync.Mutex
 	status api.Status
 }
@@ -73,7 +76,7 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1), sysctl: setSysctl}
+	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1), sysctl: sysctlWriter(cfg.SysctlDir)}
 	if d.kernel == nil {
 		d.kernel = routing.New(-1)
 	}
@@ -97,6 +100,14 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 // invalid cluster file, this node missing from it, state dir locked or corrupt,
 // socket not available) are returned; later errors are logged and retried.
 func (d *Daemon) Run(ctx context.Context) error {
+	stopLifecycle, err := d.startLifecycle(ctx) // health endpoints, sd_notify (health.go)
+	if err != nil {
+		return err
+	}
+	defer stopLifecycle()
+	if err := d.installCNIPlugin(); err != nil { // cniinstall.go
+		return err
+	}
 	raw, err := os.ReadFile(d.cfg.ClusterFile)
 	if err != nil {
 		return fmt.Errorf("cluster file: %w", err)
@@ -280,8 +291,10 @@ func (d *Daemon) syncLoop(ctx context.Context) {
 		case <-d.trigger:
 		}
 		start := time.Now()
+		d.syncing(start) // liveness (health.go)
 		err := d.syncNode()
 		d.recordSync(start, err)
+		d.synced(err) // readiness, sd_notify (health.go)
 		if err != nil {
 			backoff = min(max(2*backoff, 200*time.Millisecond), 30*time.Second)
 			d.log.Error("node sync failed", zap.Error(err), zap.Duration("retryIn", backoff))

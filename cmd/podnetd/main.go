@@ -56,6 +56,10 @@ func run(args []string) error {
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", cfg.PollInterval, "cluster file change check interval")
 	fs.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "console or json")
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
+	// Deployment (daemon/deploy.go).
+	fs.StringVar(&cfg.CNIPluginSrc, "cni-plugin-src", cfg.CNIPluginSrc, "CNI plugin binary to copy into --cni-bin-dir at start when it differs (empty: installed by other means)")
+	fs.StringVar(&cfg.HealthAddr, "health-addr", cfg.HealthAddr, "host:port serving HTTP /healthz and /readyz (empty: off)")
+	fs.StringVar(&cfg.SysctlDir, "sysctl-dir", cfg.SysctlDir, "where net.* sysctls are written; in a container, a dir holding a read-write mount of the host's /proc/sys/net at net/")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return err
