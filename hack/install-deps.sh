@@ -5,12 +5,22 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+# etcd behind the real kube-apiserver in integration/kube (binary /usr/bin/etcd).
+[ -x /usr/bin/etcd ] || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]} and not root; install them first" >&2
     exit 1
   fi
   echo "install-deps: installing ${need[*]}"
+  # etcd-server's postinst would start a machine-wide etcd: a policy-rc.d that refuses
+  # every service start keeps it from doing so (machines built like Docker images
+  # already have one; ours is removed afterwards).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
