@@ -124,3 +124,53 @@ func TestTableSyncServices(t *testing.T) {
 		checkSynced(t, ns, step.state)
 	}
 }
+
+// Edits of one service that move identical bytes between sets (lb-restricted
+// and masq-vips hold the same VIP . proto . port; service-ips and
+// service-ips-cluster may hold the same verdict; masq-nodeports of both
+// families the same proto . port) go through the fast path and leave the
+// kernel equal to the State after each step.
+func TestTableSyncFastPathEdits(t *testing.T) {
+	sandbox.Require(t)
+	ns := sandbox.TestNetNS(t, "nft-edits")
+	tbl := newTable(t, ns)
+	lb := Service{Namespace: "default", Name: "lb", ClusterIPs: addrs("10.96.0.12", "fd00:96::12"), LoadBalancerIPs: addrs("198.51.100.1"),
+		ExternalIPs: addrs("203.0.113.9"),
+		Ports:       []ServicePort{{Protocol: TCP, Port: 443, NodePort: 30443}},
+		Endpoints:   []Endpoint{{Address: netip.MustParseAddr("10.244.2.7"), Ports: map[string]uint16{"": 8443}, NodeName: "node2", Ready: true}},
+	}
+	state := func(edit func(*Service)) State {
+		s := svcState.Clone()
+		svc := lb.Clone()
+		edit(&svc)
+		s.Services = []Service{svc}
+		return s
+	}
+	steps := []struct {
+		name string
+		edit func(*Service)
+	}{
+		{"plain", func(*Service) {}},
+		{"source ranges added", func(s *Service) { s.LoadBalancerSourceRanges = prefixes("192.0.2.0/24") }},
+		{"source ranges removed", func(*Service) {}},
+		{"duplicate and overlapping ranges", func(s *Service) {
+			s.LoadBalancerSourceRanges = prefixes("10.0.0.0/8", "10.1.0.0/16", "192.0.2.0/24", "192.0.2.0/24")
+		}},
+		{"Local with ranges", func(s *Service) {
+			s.LoadBalancerSourceRanges = prefixes("192.0.2.0/24")
+			s.ExternalTrafficPolicy = PolicyLocal
+		}},
+		{"Local, no endpoints", func(s *Service) { s.ExternalTrafficPolicy, s.Endpoints = PolicyLocal, nil }},
+		{"Cluster, no endpoints", func(s *Service) { s.Endpoints = nil }},
+		{"Cluster with endpoints", func(*Service) {}},
+		{"IPv4 only", func(s *Service) { s.ClusterIPs = addrs("10.96.0.12") }},
+		{"dual-stack again", func(*Service) {}},
+	}
+	for _, st := range steps {
+		s := state(st.edit)
+		if err := tbl.Sync(s); err != nil {
+			t.Fatalf("%s: Sync: %v", st.name, err)
+		}
+		checkSynced(t, ns, s)
+	}
+}

@@ -315,7 +315,9 @@ func (d *svcDesired) add(svc Service, node string, localIPs []netip.Addr) {
 				}
 				if lb && restricted {
 					d.put(f.name(setLBRestricted), setElem(key()))
-					for _, r := range svc.LoadBalancerSourceRanges {
+					// Overlapping ranges would be overlapping intervals,
+					// which the kernel refuses: keep the outermost.
+					for _, r := range outermost(svc.LoadBalancerSourceRanges) {
 						if f.has(r.Addr()) {
 							d.put(f.name(setLBSourceRanges), rangeElem(key(), r))
 						}

@@ -316,8 +316,12 @@ func newSvcEntry(svc Service, sum uint64, node string, localIPs []netip.Addr) *s
 	}
 	e.elems = make([]setElement, 0, n)
 	for _, set := range slices.Sorted(maps.Keys(frag.elems)) {
+		seen := map[string]bool{} // a service may list a value twice (two equal source ranges)
 		for _, el := range frag.elems[set] {
-			e.elems = append(e.elems, setElement{set: setIndex[set], e: el})
+			if id := el.id(); !seen[id] {
+				seen[id] = true
+				e.elems = append(e.elems, setElement{set: setIndex[set], e: el})
+			}
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(frag.chains)) {
@@ -349,27 +353,32 @@ func (t *tally) change(from, to *svcEntry) {
 		newElems = to.elems
 		t.countChains(to.chains, +1)
 	}
-	// Elements of one service: a diff of its two small lists.
-	ids := make(map[string]bool, len(oldElems))
+	// Elements of one service: a diff of its two small lists, by set and
+	// element (sets such as lb-restricted and masq-vips hold the same bytes).
+	type setID struct {
+		set int
+		id  string
+	}
+	ids := make(map[setID]bool, len(oldElems))
 	for _, se := range oldElems {
 		if !sharedSet(se.set) {
-			ids[se.e.id()] = true
+			ids[setID{se.set, se.e.id()}] = true
 		}
 	}
 	for _, se := range newElems {
 		if sharedSet(se.set) {
 			continue
 		}
-		id := se.e.id()
-		if ids[id] {
-			delete(ids, id) // unchanged
+		if k := (setID{se.set, se.e.id()}); ids[k] {
+			delete(ids, k) // unchanged
 		} else {
 			name := setSpecs[se.set].name
 			t.add[name] = append(t.add[name], se.e)
 		}
 	}
 	for _, se := range oldElems {
-		if !sharedSet(se.set) && ids[se.e.id()] {
+		if k := (setID{se.set, se.e.id()}); !sharedSet(se.set) && ids[k] {
+			delete(ids, k)
 			name := setSpecs[se.set].name
 			t.del[name] = append(t.del[name], se.e)
 		}

@@ -158,13 +158,13 @@ func (t *Table) Sync(s State) error {
 }
 
 func (t *Table) sync(base desired, delta svcDelta) error {
+	gen0, genErr := t.generation()
+	fast := genErr == nil && t.synced && gen0 == t.gen
+	t.synced = false // until this batch is known to be in: the index moved on
 	conn, err := t.newConn()
 	if err != nil {
 		return err
 	}
-	gen0, genErr := t.generation()
-	fast := genErr == nil && t.synced && gen0 == t.gen
-	t.synced = false
 	var changed bool
 	if fast {
 		changed, err = queueDelta(conn, t.base, base, delta)
