@@ -312,11 +312,15 @@ func splitFile(data []byte) (sp split, ok bool) {
 		off = next
 	}
 	if start < 0 {
+		if bytes.Contains(data, []byte("services")) {
+			return split{}, false // "services": in JSON style, or a key not at column 0
+		}
 		return split{rest: data}, true
 	}
 	_, off := lineAt(data, start)
 	indent := -1 // the list's "-" column
 	itemStart := -1
+	var cut entryLines
 	for off < len(data) {
 		line, next := lineAt(data, off)
 		text := bytes.TrimLeft(line, " ")
@@ -324,6 +328,9 @@ func splitFile(data []byte) (sp split, ok bool) {
 		if len(text) == 0 || text[0] == '#' || text[0] == '\n' {
 			off = next
 			continue // blank or comment: part of the current item, if any
+		}
+		if n == 0 && text[0] == '-' && indent > 0 {
+			return split{}, false // a list item at column 0 after an indented list
 		}
 		if n == 0 && text[0] != '-' || indent >= 0 && n < indent {
 			if n != 0 {
@@ -346,7 +353,8 @@ func splitFile(data []byte) (sp split, ok bool) {
 			}
 			itemStart = off
 			sp.starts = append(sp.starts, off)
-		case n <= indent:
+			cut.start(n, text)
+		case n <= indent || !cut.continues(n):
 			return split{}, false
 		}
 		off = next
@@ -361,8 +369,35 @@ func splitFile(data []byte) (sp split, ok bool) {
 		}
 	}
 	rest = slices.Concat(data[:start], data[end:])
+	if bytes.Contains(rest, []byte("services")) {
+		return split{}, false // another services key, in another style
+	}
 	sp.rest, sp.items, sp.sectionEnd, sp.indent = rest, items, end, indent
 	return sp, true
+}
+
+// entryLines checks the indentation of an entry's lines: each must be at or
+// right of the column where the entry's content starts. A line left of it but
+// right of the "-" would end the entry's own YAML document silently, where the
+// whole file is a YAML error.
+type entryLines struct{ content int } // -1: the "-" was alone on its line
+
+// start begins an entry at the line text, indented n.
+func (c *entryLines) start(n int, text []byte) {
+	rest := bytes.TrimRight(text[1:], " \n")
+	if len(rest) == 0 {
+		c.content = -1
+		return
+	}
+	c.content = n + 1 + (len(text[1:]) - len(bytes.TrimLeft(text[1:], " ")))
+}
+
+// continues reports whether a line indented n may continue the entry.
+func (c *entryLines) continues(n int) bool {
+	if c.content < 0 {
+		c.content = n
+	}
+	return n >= c.content
 }
 
 // splitChange cuts data, a new version of the file last cut as last (from
@@ -418,6 +453,7 @@ func splitChange(lastData []byte, last split, data []byte) (sp split, ok bool) {
 	}
 	// The re-cut part: items at the list's column, their lines deeper.
 	itemStart := -1
+	var cut entryLines
 	for off := midStart; off < midEnd; {
 		line, next := lineAt(data, off)
 		text := bytes.TrimLeft(line, " ")
@@ -434,7 +470,8 @@ func splitChange(lastData []byte, last split, data []byte) (sp split, ok bool) {
 			}
 			itemStart = off
 			sp.starts = append(sp.starts, off)
-		case n > last.indent && itemStart >= 0:
+			cut.start(n, text)
+		case n > last.indent && itemStart >= 0 && cut.continues(n):
 		default:
 			return split{}, false
 		}

@@ -45,24 +45,29 @@ func TestClusterParserMatchesParseCluster(t *testing.T) {
 		return "  " + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n  ") + "\n"
 	}
 	files := map[string]string{
-		"services of the view test":      servicesCluster,
-		"no services":                    validClusterYAML,
-		"services first":                 "services:\n" + entry("a", "10.96.0.1") + parseNodes,
-		"indented list and comments":     parseNodes + "services:   # the services\n" + indent(entry("a", "10.96.0.1")) + "  # between\n\n" + indent(entry("b", "10.96.0.2")),
-		"conflicts":                      parseNodes + "services:\n" + entry("a", "10.96.0.1") + entry("b", "10.96.0.1") + entry("a", "10.96.0.3"),
-		"scalar and null entries":        parseNodes + "services:\n- web\n-\n" + entry("a", "10.96.0.1"),
-		"entry starting on its own line": parseNodes + "services:\n-\n  name: a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
-		"more spaces after the dash":     parseNodes + "services:\n-   name: a\n    clusterIPs: [10.96.0.1]\n    ports: [{port: 80}]\n",
-		"flow list (whole parse)":        parseNodes + "services: [{name: a, clusterIPs: [10.96.0.1], ports: [{port: 80}]}]\n",
-		"anchors (whole parse)":          parseNodes + "services:\n- &x\n  name: a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
-		"block scalar (whole parse)":     parseNodes + "services:\n- name: >\n    a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
-		"YAML error in an entry":         parseNodes + "services:\n" + entry("a", "10.96.0.1") + "- name: [b\n",
-		"YAML error in the nodes":        "nodes: [\n" + "services:\n" + entry("a", "10.96.0.1"),
-		"duplicate services key":         parseNodes + "services:\n" + entry("a", "10.96.0.1") + "services:\n" + entry("b", "10.96.0.2"),
-		"unknown top-level key":          parseNodes + "services:\n" + entry("a", "10.96.0.1") + "extra: 1\n",
-		"bad indentation":                parseNodes + "services:\n  - name: a\n clusterIPs: [10.96.0.1]\n",
-		"tabs (whole parse)":             parseNodes + "services:\n- name: a\n\tclusterIPs: [10.96.0.1]\n",
-		"unknown endpoint node":          parseNodes + "services:\n" + strings.ReplaceAll(entry("a", "10.96.0.1"), "node-a", "node-z"),
+		"services of the view test":               servicesCluster,
+		"no services":                             validClusterYAML,
+		"services first":                          "services:\n" + entry("a", "10.96.0.1") + parseNodes,
+		"indented list and comments":              parseNodes + "services:   # the services\n" + indent(entry("a", "10.96.0.1")) + "  # between\n\n" + indent(entry("b", "10.96.0.2")),
+		"conflicts":                               parseNodes + "services:\n" + entry("a", "10.96.0.1") + entry("b", "10.96.0.1") + entry("a", "10.96.0.3"),
+		"scalar and null entries":                 parseNodes + "services:\n- web\n-\n" + entry("a", "10.96.0.1"),
+		"entry starting on its own line":          parseNodes + "services:\n-\n  name: a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
+		"more spaces after the dash":              parseNodes + "services:\n-   name: a\n    clusterIPs: [10.96.0.1]\n    ports: [{port: 80}]\n",
+		"flow list (whole parse)":                 parseNodes + "services: [{name: a, clusterIPs: [10.96.0.1], ports: [{port: 80}]}]\n",
+		"anchors (whole parse)":                   parseNodes + "services:\n- &x\n  name: a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
+		"block scalar (whole parse)":              parseNodes + "services:\n- name: >\n    a\n  clusterIPs: [10.96.0.1]\n  ports: [{port: 80}]\n",
+		"YAML error in an entry":                  parseNodes + "services:\n" + entry("a", "10.96.0.1") + "- name: [b\n",
+		"YAML error in the nodes":                 "nodes: [\n" + "services:\n" + entry("a", "10.96.0.1"),
+		"duplicate services key":                  parseNodes + "services:\n" + entry("a", "10.96.0.1") + "services:\n" + entry("b", "10.96.0.2"),
+		"unknown top-level key":                   parseNodes + "services:\n" + entry("a", "10.96.0.1") + "extra: 1\n",
+		"bad indentation":                         parseNodes + "services:\n  - name: a\n clusterIPs: [10.96.0.1]\n",
+		"tabs (whole parse)":                      parseNodes + "services:\n- name: a\n\tclusterIPs: [10.96.0.1]\n",
+		"unknown endpoint node":                   parseNodes + "services:\n" + strings.ReplaceAll(entry("a", "10.96.0.1"), "node-a", "node-z"),
+		"JSON file":                               `{"nodes": [{"name": "node-a", "addresses": ["192.168.1.10"], "podCIDRs": ["10.244.0.0/24"]}], "services": [{"name": "a", "clusterIPs": ["10.96.0.1"], "ports": [{"port": 80}]}]}`,
+		"spaced services key":                     parseNodes + "services :\n" + entry("a", "10.96.0.1"),
+		"second services key in JSON":             parseNodes + "services:\n" + entry("a", "10.96.0.1") + "\"services\": []\n",
+		"line between the dash and the content":   parseNodes + "services:\n  - name: a\n    clusterIPs: [10.96.0.1]\n   ports: [{port: 80}]\n",
+		"item at column 0 after an indented list": parseNodes + "services:\n  - name: a\n    clusterIPs: [10.96.0.1]\n    ports: [{port: 80}]\n- name: b\n",
 	}
 	for name, data := range files {
 		sameAsParseCluster(t, &clusterParser{}, name, data)
@@ -70,6 +75,18 @@ func TestClusterParserMatchesParseCluster(t *testing.T) {
 		p := &clusterParser{}
 		sameAsParseCluster(t, p, name+" (warm, first)", servicesCluster)
 		sameAsParseCluster(t, p, name+" (warm)", data)
+	}
+}
+
+// A file the parser cannot cut is parsed whole every time, and a change of
+// its services is seen (it once kept the first file's services).
+func TestClusterParserWholeFileChanges(t *testing.T) {
+	p := &clusterParser{}
+	js := `{"nodes": [{"name": "node-a", "addresses": ["192.168.1.10"], "podCIDRs": ["10.244.0.0/24"]}], "services": [{"name": "a", "clusterIPs": ["10.96.0.1"], "ports": [{"port": 80}], "endpoints": [{"addresses": ["10.244.0.5"]}]}]}`
+	sameAsParseCluster(t, p, "JSON", js)
+	c := sameAsParseCluster(t, p, "JSON, endpoint changed", strings.Replace(js, "10.244.0.5", "10.244.0.6", 1))
+	if got := c.Services[0].Endpoints[0].Address.String(); got != "10.244.0.6" {
+		t.Errorf("endpoint %s after the change, want 10.244.0.6", got)
 	}
 }
 
@@ -181,6 +198,9 @@ func TestSplitChangeMatchesSplitFile(t *testing.T) {
 		{"new top-level key", func(s string, r *rand.Rand) string {
 			return strings.Replace(s, fmt.Sprintf("  - name: s%d\n", r.IntN(30)), "other: 1\n", 1)
 		}},
+		{"line between the dash and the content", func(s string, r *rand.Rand) string {
+			return strings.Replace(s, fmt.Sprintf("    clusterIPs: [10.96.0.%d]", r.IntN(30)+1), "   clusterIPs: [10.96.0.99]", 1)
+		}},
 		{"anchor", func(s string, r *rand.Rand) string {
 			return strings.Replace(s, fmt.Sprintf("name: s%d\n", r.IntN(30)), "name: &a s\n", 1)
 		}},
@@ -219,7 +239,7 @@ func TestSplitChangeMatchesSplitFile(t *testing.T) {
 			t.Errorf("%s: splitChange never cut the file; it should (cut: %v)", e.name, cut)
 		}
 	}
-	for _, name := range []string{"change the nodes", "bad indentation", "new top-level key", "anchor"} {
+	for _, name := range []string{"change the nodes", "bad indentation", "new top-level key", "anchor", "line between the dash and the content"} {
 		if cut[name] > 0 {
 			t.Errorf("%s: splitChange cut the file %d times; it must decline", name, cut[name])
 		}

@@ -203,6 +203,7 @@ func (d *Daemon) watchFile(ctx context.Context, last []byte) {
 	var readAt time.Time
 	var spare []byte // a buffer to read into: at 50k services a read is 16 MB
 	for {
+		notified := false
 		select {
 		case <-ctx.Done():
 			return
@@ -211,9 +212,12 @@ func (d *Daemon) watchFile(ctx context.Context, last []byte) {
 			if !ok {
 				changed = nil // the watch ended: the ticker goes on
 			}
+			notified = ok
 		}
+		// A poll trusts size, mtime and inode; a write inotify reported may
+		// keep all three (coarse timestamps), so it is always read.
 		fi, err := os.Stat(d.cfg.ClusterFile)
-		if err == nil && seen != nil && sameFile(fi, seen) && time.Since(readAt) < 10*time.Second {
+		if !notified && err == nil && seen != nil && sameFile(fi, seen) && time.Since(readAt) < 10*time.Second {
 			continue
 		}
 		seen, readAt = fi, time.Now()
