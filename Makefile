@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/podnet/podnet/daemon.Version=$(VERSION)
 
-.PHONY: all build lab test test-unit bench-cni bench-services deps clean fmt vet
+.PHONY: all build lab test test-unit bench-cni bench-services deps clean fmt vet kube-tools
 
 all: build
 
@@ -40,6 +40,13 @@ BENCH_ARGS ?=
 bench-services: deps build
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podnet-bench-services ./integration/cmd/podnet-bench-services
 	$(BIN)/podnet-bench-services --bin $(BIN) $(BENCH_ARGS)
+
+# kube-apiserver and kube-proxy v1.37.2, built from hack/kube-tools into
+# ~/.cache/podnet/kube/v1.37.2 (PODNET_KUBE_CACHE= moves it) for the tests and
+# benchmarks that run a real control plane (integration/kube). The first build takes
+# ~5 minutes; later runs keep the binaries. Tests build what is missing themselves.
+kube-tools:
+	./hack/build-kube.sh kube-apiserver kube-proxy
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
