@@ -14,7 +14,7 @@ import (
 )
 
 // Cluster is the cluster state podnetd works from: in standalone mode, the
-// content of the cluster file.
+// content of the cluster file; in Kubernetes mode, what the API server holds.
 type Cluster struct {
 	Nodes []Node `json:"nodes"`
 	// Services are the file's valid services, in file order, as the nft table
@@ -28,10 +28,15 @@ type Cluster struct {
 	IgnoredServices []IgnoredService
 
 	serviceIndex []int // position in the file's services of each of Services
+	fromAPI      bool  // read from the Kubernetes API: no file, no position
 }
 
-// fileIndex returns the position of Services[i] in the file's services.
+// fileIndex returns the position of Services[i] in the file's services, or
+// -1 for a Cluster read from the Kubernetes API.
 func (c *Cluster) fileIndex(i int) int {
+	if c.fromAPI {
+		return -1
+	}
 	if i < len(c.serviceIndex) {
 		return c.serviceIndex[i]
 	}

@@ -35,6 +35,17 @@ type Config struct {
 	LogFormat    string // console or json
 	LogLevel     string // debug, info, warn, error
 
+	// Cluster-state source (source.go).
+
+	// Source is where the cluster state comes from: SourceFile (ClusterFile)
+	// or SourceKube (the Kubernetes API); empty picks SourceKube when
+	// Kubeconfig is set, or when ClusterFile is not and podnetd runs in a
+	// pod, SourceFile otherwise.
+	Source string
+	// Kubeconfig is the kubeconfig file of Kubernetes mode; empty: the
+	// in-cluster config of the pod's service account.
+	Kubeconfig string
+
 	// Deployment options (deploy.go).
 
 	// CNIPluginSrc is the podnet CNI plugin binary that podnetd copies into
@@ -78,9 +89,7 @@ func (c Config) Validate() error {
 	if c.NodeName == "" {
 		bad("node-name", "required")
 	}
-	if c.ClusterFile == "" {
-		bad("cluster-file", "required in standalone mode")
-	}
+	errs = append(errs, c.validateSource())
 	for flag, p := range map[string]string{"socket": c.Socket, "state-dir": c.StateDir, "cni-conf-dir": c.CNIConfDir, "cni-bin-dir": c.CNIBinDir} {
 		if !filepath.IsAbs(p) {
 			bad(flag, "must be an absolute path, got %q", p)

@@ -36,6 +36,9 @@ type Deps struct {
 	// entries then live until their clients go quiet. Never set it to a nil
 	// *conntrack.Table.
 	Conntrack conntrack.Interface
+	// Source, when not nil, replaces the cluster-state source the config
+	// selects (the cluster file or the Kubernetes API).
+	Source Source
 }
 
 // Daemon is one podnetd.
@@ -47,6 +50,10 @@ type Daemon struct {
 	ipam    *ipam.Allocator
 	cni     *cniHandler
 	cluster atomic.Pointer[Cluster]
+	source  Source
+	updated chan struct{} // a new cluster state was stored (source.go)
+	// waitLogged is the reason the sync waits for this node, as last logged.
+	waitLogged string
 	// services is what the last sync that programmed the nft table did with
 	// the cluster's services; nil before it.
 	services atomic.Pointer[serviceView]
@@ -76,7 +83,15 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1), sysctl: sysctlWriter(cfg.SysctlDir)}
+	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1), sysctl: sysctlWriter(cfg.SysctlDir),
+		source: deps.Source, updated: make(chan struct{}, 1)}
+	if d.source == nil {
+		src, err := newSource(cfg, d)
+		if err != nil {
+			return nil, err
+		}
+		d.source = src
+	}
 	if d.kernel == nil {
 		d.kernel = routing.New(-1)
 	}
@@ -88,7 +103,7 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 		d.nft = t
 	}
 	d.podNet.Store(&podNet{Reason: "first sync not done"})
-	d.status = api.Status{Version: Version, Node: cfg.NodeName, Source: "file:" + cfg.ClusterFile, Bridge: cfg.Bridge, StartedAt: time.Now()}
+	d.status = api.Status{Version: Version, Node: cfg.NodeName, Source: d.source.Name(), Bridge: cfg.Bridge, StartedAt: time.Now()}
 	if deps.Conntrack != nil {
 		d.ctClean = &conntrackCleaner{ct: deps.Conntrack}
 		d.status.ConntrackCleanup = true
@@ -98,7 +113,9 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 
 // Run starts podnetd and blocks until ctx ends. Start-up errors (unreadable or
 // invalid cluster file, this node missing from it, state dir locked or corrupt,
-// socket not available) are returned; later errors are logged and retried.
+// socket not available) are returned; later errors are logged and retried. In
+// Kubernetes mode it first waits for the informers' caches to sync, and the
+// sync then waits for this node's podCIDR.
 func (d *Daemon) Run(ctx context.Context) error {
 	stopLifecycle, err := d.startLifecycle(ctx) // health endpoints, sd_notify (health.go)
 	if err != nil {
@@ -108,20 +125,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.installCNIPlugin(); err != nil { // cniinstall.go
 		return err
 	}
-	raw, err := os.ReadFile(d.cfg.ClusterFile)
-	if err != nil {
-		return fmt.Errorf("cluster file: %w", err)
+	c, stopSource, err := d.startSource(ctx) // source.go
+	if err != nil || c == nil {
+		return err
 	}
-	c, err := d.parser.parse(raw)
-	if err != nil {
-		return fmt.Errorf("cluster file %s: %w", d.cfg.ClusterFile, err)
-	}
-	node, ok := c.Node(d.cfg.NodeName)
-	if !ok {
-		return fmt.Errorf("cluster file %s: node %q is not listed", d.cfg.ClusterFile, d.cfg.NodeName)
-	}
-	d.cluster.Store(c)
-	d.logLoad("cluster file loaded", c)
+	defer stopSource()
+	node, _ := c.Node(d.cfg.NodeName) // Kubernetes mode: maybe not yet
 	alloc, err := ipam.New(filepath.Join(d.cfg.StateDir, "ipam"), node.PodCIDRs)
 	if err != nil {
 		return fmt.Errorf("ipam: %w", err)
@@ -139,7 +148,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	run := func(f func(context.Context)) { wg.Add(1); go func() { defer wg.Done(); f(ctx) }() }
 	run(d.syncLoop)
-	run(func(ctx context.Context) { d.watchFile(ctx, raw) })
 	run(d.watchKernel)
 	run(d.resyncTicker)
 	err = d.serve(ctx, ln)
@@ -299,7 +307,8 @@ func (d *Daemon) syncLoop(ctx context.Context) {
 		err := d.syncNode()
 		d.recordSync(start, err)
 		d.synced(err) // readiness, sd_notify (health.go)
-		if err != nil {
+		// Waiting for this node's podCIDR is no failure (source.go).
+		if waiting := d.waiting(err); err != nil && !waiting {
 			backoff = min(max(2*backoff, 200*time.Millisecond), 30*time.Second)
 			d.log.Error("node sync failed", zap.Error(err), zap.Duration("retryIn", backoff))
 			time.AfterFunc(backoff, d.Trigger)
@@ -338,7 +347,7 @@ func (d *Daemon) syncNode() error {
 	}
 	if len(node.PodCIDRs) == 0 {
 		d.podNet.Store(&podNet{Reason: "node has no podCIDR"})
-		return fmt.Errorf("node %s has no podCIDR", node.Name)
+		return fmt.Errorf("node %s has %w", node.Name, errNoPodCIDR)
 	}
 	if !slices.Equal(d.ipam.Ranges(), node.PodCIDRs) {
 		if err := d.ipam.SetRanges(node.PodCIDRs); err != nil {

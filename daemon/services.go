@@ -16,6 +16,7 @@ import (
 // ServiceError is why the cluster file's services[Index] was left out. Only that
 // service is left out: the nodes and the other services still apply.
 type ServiceError struct {
+	// Index is -1 for a Service read from the Kubernetes API.
 	Index int
 	// Namespace and Name are the service's, as far as they could be read; Name
 	// is empty when it is missing or the entry could not be decoded.
@@ -28,10 +29,15 @@ type ServiceError struct {
 	Reason string
 }
 
-// Error reads like `services[2] default/web: ports[1].protocol "FOO": want TCP, UDP or SCTP`.
+// Error reads like `services[2] default/web: ports[1].protocol "FOO": want TCP, UDP or SCTP`,
+// or for a Service of the Kubernetes API `Service default/web: spec.ports[1].protocol "FOO": ...`.
 func (e *ServiceError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "services[%d]", e.Index)
+	if e.Index < 0 {
+		b.WriteString("Service")
+	} else {
+		fmt.Fprintf(&b, "services[%d]", e.Index)
+	}
 	if e.Name != "" {
 		b.WriteString(" " + e.Namespace + "/" + e.Name)
 	}

@@ -45,6 +45,8 @@ func run(args []string) error {
 	fs := flag.NewFlagSet("podnetd", flag.ContinueOnError)
 	fs.StringVar(&cfg.NodeName, "node-name", cfg.NodeName, "this node's name in the cluster state")
 	fs.StringVar(&cfg.ClusterFile, "cluster-file", cfg.ClusterFile, "standalone mode: YAML file listing nodes and services, re-read on change")
+	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "Kubernetes mode: kubeconfig of the API server to read Nodes, Services and EndpointSlices from")
+	fs.StringVar(&cfg.Source, "source", cfg.Source, "file or kube (default: kube with --kubeconfig, or in a pod without --cluster-file, which then uses the in-cluster config; file otherwise)")
 	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "unix socket for the CNI plugin and podnetctl")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "persistent state (IPAM)")
 	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where the CNI conflist is written")

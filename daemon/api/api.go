@@ -138,9 +138,10 @@ type Endpoint struct {
 	Terminating bool           `json:"terminating"`
 }
 
-// RejectedService is an entry of the cluster file's services that is not
-// programmed because it is invalid, conflicts with an earlier service, or was
-// refused by the nft table. Index is its position in the file's services.
+// RejectedService is an entry of the cluster file's services, or a Service of
+// the Kubernetes API, that is not programmed because it is invalid, conflicts
+// with an earlier service, or was refused by the nft table. Index is its
+// position in the file's services; -1 for a Service of the Kubernetes API.
 type RejectedService struct {
 	Index     int    `json:"index"`
 	Namespace string `json:"namespace"`
