@@ -8,6 +8,21 @@
 // nothing reconciles: no namespaces are finalized, no default service accounts are
 // made, no EndpointSlices are derived from Services — tests create the objects they
 // need.
+//
+// From a test (the package's TestMain builds kube-apiserver once per machine, before
+// entering the sandbox, which has no network to fetch modules with):
+//
+//	func TestMain(m *testing.M) { kube.Main(m) }
+//
+//	func TestNodes(t *testing.T) {
+//		podnetd := kube.NewToken("podnetd") // a least-privilege identity to bind roles to
+//		cp := kube.ForTest(t, kube.Options{Tokens: []kube.Token{podnetd}}) // skips without root
+//		cp.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}) // as admin
+//		cp.WriteKubeconfig(filepath.Join(t.TempDir(), "kubeconfig"), "", podnetd.Token)
+//		// ... run podnetd --kubeconfig with it; cp.StopAPIServer / StartAPIServer for outages
+//	}
+//
+// Outside tests, Start and Stop do the same with a directory the caller keeps.
 package kube
 
 import (

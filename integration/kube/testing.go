@@ -64,7 +64,7 @@ func ForTest(t testing.TB, opts Options) *ControlPlane {
 	if opts.APIServerBinary == "" {
 		var err error
 		if opts.APIServerBinary, err = Binary(ctx, "kube-apiserver", nil); err != nil {
-			t.Fatal(err)
+			t.Fatalf("%v\n(kube.Main in TestMain builds it before the sandbox, which has no network to fetch modules with)", err)
 		}
 	}
 	start := time.Now()
