@@ -285,6 +285,31 @@ func checkLeastPrivilege(ctx context.Context, t *testing.T, cs kubernetes.Interf
 	}
 }
 
+// TestDualStack runs the API server with a service CIDR per family and checks that
+// a dual-stack Service gets a ClusterIP from each, IPv4 first.
+func TestDualStack(t *testing.T) {
+	v4, v6 := netip.MustParsePrefix("10.96.0.0/16"), netip.MustParsePrefix("fd00:96::/112")
+	c := ForTest(t, Options{ServiceCIDRs: []netip.Prefix{v4, v6}})
+	policy := corev1.IPFamilyPolicyRequireDualStack
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "dual", Namespace: "default"},
+		Spec:       corev1.ServiceSpec{IPFamilyPolicy: &policy, Ports: []corev1.ServicePort{{Port: 80}}},
+	}
+	got, err := c.Client.CoreV1().Services("default").Create(context.Background(), svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ips := got.Spec.ClusterIPs
+	if len(ips) != 2 {
+		t.Fatalf("clusterIPs %v, want one per family", ips)
+	}
+	for i, p := range []netip.Prefix{v4, v6} {
+		if a, err := netip.ParseAddr(ips[i]); err != nil || !p.Contains(a) {
+			t.Errorf("clusterIPs[%d] = %s, want one in %s", i, ips[i], p)
+		}
+	}
+}
+
 // TestOptions checks defaults and the rejection of options Start cannot run with.
 func TestOptions(t *testing.T) {
 	o := Default()
