@@ -81,6 +81,9 @@ func (d *Daemon) statusLine(err error) string {
 		if len(msg) > 400 {
 			msg = msg[:400] + "…"
 		}
+		if errors.Is(err, errNoNode) || errors.Is(err, errNoPodCIDR) {
+			return "waiting for this node's podCIDR: " + msg
+		}
 		if d.life.ready.Load() {
 			return "sync failing, retrying (the kernel keeps the last good state): " + msg
 		}

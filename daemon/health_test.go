@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -100,6 +101,10 @@ func TestSyncedNotifiesSystemd(t *testing.T) {
 	t.Setenv("NOTIFY_SOCKET", l.addr)
 	td := newTestDaemon(t, nil)
 
+	td.synced(fmt.Errorf("node node-a has %w", errNoPodCIDR))
+	if got, want := l.next(t), "STATUS=waiting for this node's podCIDR: node node-a has no podCIDR"; got != want {
+		t.Errorf("sync waiting for the podCIDR sent %q, want %q", got, want)
+	}
 	td.synced(errors.New("boom\nsecond line"))
 	if got, want := l.next(t), "STATUS=first sync failing, retrying: boom; second line"; got != want {
 		t.Errorf("failed first sync sent %q, want %q", got, want)
