@@ -148,7 +148,11 @@ func printServices(out io.Writer, s *api.Services) error {
 	if len(s.Ignored) > 0 {
 		fmt.Fprintf(out, "\nIGNORED (%d)\n", len(s.Ignored))
 		for _, ig := range s.Ignored {
-			fmt.Fprintf(out, "services[%d] %s/%s: %s\n", ig.Index, ig.Namespace, ig.Name, ig.Reason)
+			where := fmt.Sprintf("services[%d]", ig.Index)
+			if ig.Index < 0 { // Kubernetes mode: no file
+				where = "Service"
+			}
+			fmt.Fprintf(out, "%s %s/%s: %s\n", where, ig.Namespace, ig.Name, ig.Reason)
 		}
 	}
 	return nil

@@ -128,6 +128,21 @@ services[4] default/headless: headless: no cluster IP
 `,
 		},
 		{
+			name: "Kubernetes mode", command: "services",
+			services: api.Services{Programmed: []api.Service{},
+				Rejected: []api.RejectedService{{Index: -1, Namespace: "default", Name: "bad", Field: "spec.ports[0].protocol",
+					Reason: `"FOO": want TCP, UDP or SCTP`, Error: `Service default/bad: spec.ports[0].protocol "FOO": want TCP, UDP or SCTP`}},
+				Ignored: []api.IgnoredService{{Index: -1, Namespace: "default", Name: "db", Reason: "headless: no cluster IP"}}},
+			want: `SERVICE  VIPS  PORTS  ENDPOINT  NODE  CONDITIONS  OPTIONS
+
+REJECTED (1)
+Service default/bad: spec.ports[0].protocol "FOO": want TCP, UDP or SCTP
+
+IGNORED (1)
+Service default/db: headless: no cluster IP
+`,
+		},
+		{
 			name: "no services", command: "services",
 			services: api.Services{Programmed: []api.Service{}, Rejected: []api.RejectedService{}, Ignored: []api.IgnoredService{}},
 			want:     "SERVICE  VIPS  PORTS  ENDPOINT  NODE  CONDITIONS  OPTIONS\n",
