@@ -7,6 +7,9 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 # etcd behind the real kube-apiserver in integration/kube (binary /usr/bin/etcd).
 [ -x /usr/bin/etcd ] || need+=(etcd-server)
+# systemd-analyze, for deploy/'s `systemd-analyze verify` of the podnetd unit (only
+# the tool is used: nothing needs systemd to run, and no unit is started).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]} and not root; install them first" >&2
