@@ -96,9 +96,20 @@ const byService = "service"
 
 // New returns a Source reading through client. Run starts it.
 func New(client kubernetes.Interface, opts Options) *Source {
-	return &Source{client: client, opts: opts, wake: make(chan struct{}, 1),
+	s := &Source{client: client, opts: opts, wake: make(chan struct{}, 1),
 		dirtySvcs: map[string]bool{}, dirtyNodes: map[string]bool{},
 		entries: map[string]*serviceEntry{}, nodeState: map[string]*nodeEntry{}}
+	// EndpointSlices of headless Services and of Services another proxy
+	// serves are never used: the API server keeps them out of the cache,
+	// as kube-proxy asks it to.
+	noSlices := func(o *metav1.ListOptions) {
+		o.LabelSelector = "!" + v1.IsHeadlessService + ",!" + LabelServiceProxyName
+	}
+	s.services = coreinformers.NewServiceInformer(client, metav1.NamespaceAll, 0, cache.Indexers{})
+	s.slices = discoveryinformers.NewFilteredEndpointSliceInformer(client, metav1.NamespaceAll, 0,
+		cache.Indexers{byService: sliceService}, noSlices)
+	s.nodes = coreinformers.NewNodeInformer(client, 0, cache.Indexers{})
+	return s
 }
 
 // Run watches Nodes, Services and EndpointSlices until ctx ends. Once the
@@ -107,17 +118,8 @@ func New(client kubernetes.Interface, opts Options) *Source {
 // arrive while update runs are handed on together). It calls update from
 // its own goroutine, one call at a time; update must not block for long. Run
 // returns nil when ctx ends, or an error if it could not start the informers.
+// A Source runs once.
 func (s *Source) Run(ctx context.Context, update func(*State)) error {
-	// EndpointSlices of headless Services and of Services another proxy
-	// serves are never used: the API server keeps them out of the cache,
-	// as kube-proxy asks it to.
-	noSlices := func(o *metav1.ListOptions) {
-		o.LabelSelector = "!" + v1.IsHeadlessService + ",!" + LabelServiceProxyName
-	}
-	s.services = coreinformers.NewServiceInformer(s.client, metav1.NamespaceAll, 0, cache.Indexers{})
-	s.slices = discoveryinformers.NewFilteredEndpointSliceInformer(s.client, metav1.NamespaceAll, 0,
-		cache.Indexers{byService: sliceService}, noSlices)
-	s.nodes = coreinformers.NewNodeInformer(s.client, 0, cache.Indexers{})
 	var synced []cache.InformerSynced
 	for _, inf := range []struct {
 		name      string
