@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/podnet/podnet/daemon.Version=$(VERSION)
 
-.PHONY: all build lab test test-unit bench-cni bench-services deps clean fmt vet kube-tools
+.PHONY: all build lab test test-unit bench-cni bench-services bench-vs-kube-proxy deps clean fmt vet kube-tools
 
 all: build
 
@@ -40,6 +40,14 @@ BENCH_ARGS ?=
 bench-services: deps build
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podnet-bench-services ./integration/cmd/podnet-bench-services
 	$(BIN)/podnet-bench-services --bin $(BIN) $(BENCH_ARGS)
+
+# podnetd against kube-proxy v1.37.2 (--proxy-mode=nftables), against one real
+# kube-apiserver with 1k, 10k and 30k services x 4 endpoints: cold full sync, one
+# EndpointSlice change, peak RSS (docs/benchmarks.md). As root; a quick run:
+# make bench-vs-kube-proxy BENCH_ARGS='--services 1000 --changes 20'
+bench-vs-kube-proxy: deps build kube-tools
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/podnet-bench-kube-proxy ./integration/cmd/podnet-bench-kube-proxy
+	$(BIN)/podnet-bench-kube-proxy --bin $(BIN) $(BENCH_ARGS)
 
 # kube-apiserver and kube-proxy v1.37.2, built from hack/kube-tools into
 # ~/.cache/podnet/kube/v1.37.2 (PODNET_KUBE_CACHE= moves it) for the tests and
