@@ -30,17 +30,9 @@ func binaryEnv(name string) string {
 // The first build takes ~5 minutes; later ones ~0.1 s. Then it runs sandbox.Main.
 func Main(m *testing.M, binaries ...string) {
 	if os.Geteuid() == 0 && !sandbox.Inside() {
-		for _, name := range append([]string{"kube-apiserver"}, binaries...) {
-			start := time.Now()
-			path, err := Binary(context.Background(), name, os.Stderr)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				os.Exit(1)
-			}
-			if d := time.Since(start); d > 5*time.Second {
-				fmt.Fprintf(os.Stderr, "kube: %s ready after %s\n", name, d.Round(time.Second))
-			}
-			os.Setenv(binaryEnv(name), path)
+		if err := Prepare(context.Background(), os.Stderr, append([]string{"kube-apiserver"}, binaries...)...); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
 		}
 	}
 	sandbox.Main(m)
