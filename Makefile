@@ -19,8 +19,11 @@ deps:
 	@./hack/install-deps.sh
 
 # The main job: a 3-node sandboxed cluster, pods attached through libcni, the connectivity matrix.
+# SOURCE=kube: the same lab with a real etcd + kube-apiserver as the source of cluster state
+# instead of the cluster file (the first run builds kube-apiserver: ~5 minutes, once per machine).
+SOURCE ?= file
 lab: deps build
-	$(BIN)/podnet-lab run
+	$(BIN)/podnet-lab run --source $(SOURCE)
 
 # Every test: unit tests, kernel tests (root, each package in its own sandbox) and the lab as a test.
 test: deps build

@@ -2,8 +2,12 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +29,55 @@ func TestLabMatrix(t *testing.T) {
 	rep, err := lab.Run(ctx, lab.Options{Nodes: 3, PodsPerNode: 2, BinDir: binDir, WorkDir: t.TempDir(), Log: newTestLog(t)})
 	if err != nil {
 		t.Fatal(err)
+	}
+	checkReport(t, rep, "file:")
+}
+
+// TestLabMatrixKube is `make lab SOURCE=kube` as a test: the same lab and
+// the same checks as TestLabMatrix, with a real etcd and kube-apiserver as
+// the source of cluster state (Nodes, then the web Service and an
+// EndpointSlice per endpoint node made with client-go) and every podnetd
+// reading it with --kubeconfig as the service account of
+// deploy/kubernetes/rbac.yaml. It also makes sure every podnetd reported the
+// API server as its source, so that a lab quietly back on the cluster file
+// cannot pass. TestMain builds kube-apiserver before the sandbox.
+func TestLabMatrixKube(t *testing.T) {
+	sandbox.Require(t)
+	if kubeErr != nil {
+		t.Fatalf("kube-apiserver: %v", kubeErr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	work := t.TempDir()
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, f := range []string{"node1/podnetd.log", "node2/podnetd.log", "node3/podnetd.log", "kube/kube-apiserver.log"} {
+				if b, err := os.ReadFile(filepath.Join(work, f)); err == nil {
+					t.Logf("--- %s (tail)\n%s", f, tail(string(b), 30))
+				}
+			}
+		}
+	})
+	rep, err := lab.Run(ctx, lab.Options{Nodes: 3, PodsPerNode: 2, BinDir: binDir, WorkDir: work, Log: newTestLog(t),
+		Source: lab.SourceKube})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReport(t, rep, fmt.Sprintf("kube:https://%s:", lab.APIServerAddr))
+}
+
+// checkReport asserts what Run checked beyond its own error: every node's
+// podnetd reported a source starting with source, the matrix ran, and the
+// service journey ran in full.
+func checkReport(t *testing.T, rep lab.Report, source string) {
+	t.Helper()
+	if len(rep.Sources) != 3 {
+		t.Fatalf("podnetd sources %q, want one per node (3)", rep.Sources)
+	}
+	for i, s := range rep.Sources {
+		if !strings.HasPrefix(s, source) {
+			t.Fatalf("node%d: podnetd source %q, want %s…", i+1, s, source)
+		}
 	}
 	if len(rep.Checks) == 0 {
 		t.Fatal("no connectivity checks ran")

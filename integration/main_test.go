@@ -6,6 +6,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podnet/podnet/integration/kube"
 	"github.com/podnet/podnet/integration/lab"
 	"github.com/podnet/podnet/integration/sandbox"
 )
@@ -22,9 +24,26 @@ import (
 // binDir holds freshly built podnetd and podnet for this test run.
 var binDir string
 
+// kubeErr is why kube-apiserver could not be built before the sandbox, for
+// the tests that run a control plane to report; nil once it is built.
+var kubeErr error
+
+// envKubeErr carries kubeErr into the sandboxed re-execution.
+const envKubeErr = "PODNET_TEST_KUBE_ERROR"
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
 		os.Exit(m.Run()) // every test here skips through sandbox.Require
+	}
+	if !sandbox.Inside() {
+		// Before the sandbox, which has no network to fetch modules with: the
+		// first build takes ~5 minutes, later runs ~0.1 s. A failure fails
+		// only the tests that need it.
+		if err := kube.Prepare(context.Background(), os.Stderr); err != nil {
+			os.Setenv(envKubeErr, err.Error())
+		}
+	} else if msg := os.Getenv(envKubeErr); msg != "" {
+		kubeErr = errors.New(msg)
 	}
 	reexeced, code, err := sandbox.Enter()
 	if err != nil {

@@ -32,6 +32,13 @@ type Options struct {
 	BinDir      string // holds podnetd and podnet (the CNI plugin)
 	WorkDir     string // per-node sockets, state, CNI dirs and logs
 	Log         io.Writer
+	// Source is where the daemons read the cluster state; "" is SourceFile.
+	// With SourceKube, Up starts a control plane (kube-apiserver from
+	// kube.Binary: build it before the sandbox with kube.Prepare).
+	Source Source
+	// RBACFile is the manifest a SourceKube lab's podnetds act under; empty:
+	// RBACFile in the repository at or above the working directory.
+	RBACFile string
 }
 
 // Lab is a running cluster inside the sandbox.
@@ -42,6 +49,7 @@ type Lab struct {
 	// Services are the services WriteClusterFile lists; ApplyServices sets
 	// them.
 	Services []Service
+	src      source
 	cni      *cniRuntime
 	servers  []*svcServer
 }
@@ -54,6 +62,9 @@ type Node struct {
 	PodCIDR netip.Prefix
 	Dir     string
 	Daemon  *exec.Cmd
+	// Source is the source of cluster state podnetd reported when it was
+	// last ready ("file:<path>", "kube:<server>").
+	Source string
 }
 
 // Socket is the node's podnetd socket.
@@ -71,11 +82,17 @@ func (l *Lab) logf(format string, a ...any) {
 	}
 }
 
-// Up creates the underlay, the nodes and their daemons, and waits until every
-// daemon has written its CNI config. It must run inside a sandbox.
+// Up creates the underlay, the nodes, the source of cluster state (with
+// SourceKube, a control plane holding the Nodes) and the daemons, and waits
+// until every daemon has written its CNI config. It must run inside a
+// sandbox. On failure it returns what it made, for Down.
 func Up(ctx context.Context, o Options) (*Lab, error) {
 	if !sandbox.Inside() {
 		return nil, fmt.Errorf("lab: not inside a sandbox")
+	}
+	var err error
+	if o.Source, err = ParseSource(string(o.Source)); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
 	}
 	if o.Nodes <= 0 {
 		o.Nodes = 3
@@ -96,7 +113,17 @@ func Up(ctx context.Context, o Options) (*Lab, error) {
 		}
 		l.Nodes = append(l.Nodes, n)
 	}
-	if err := l.WriteClusterFile(); err != nil {
+	switch o.Source {
+	case SourceKube:
+		k, err := l.startKube(ctx)
+		if err != nil {
+			return l, err
+		}
+		l.src = k
+	default:
+		l.src = fileSource{l.ClusterFile()}
+	}
+	if err := l.src.publish(ctx, l.Nodes, l.Services); err != nil {
 		return l, err
 	}
 	for _, n := range l.Nodes {
@@ -148,15 +175,23 @@ func (l *Lab) ClusterFile() string { return filepath.Join(l.Opts.WorkDir, "clust
 
 // WriteClusterFile writes the nodes and the lab's Services to ClusterFile,
 // replacing it atomically: the daemons poll it and never see half a file.
+// The daemons of a SourceKube lab do not read it.
 func (l *Lab) WriteClusterFile() error {
-	var b strings.Builder
-	b.WriteString("nodes:\n")
-	for _, n := range l.Nodes {
-		fmt.Fprintf(&b, "  - name: %s\n    addresses: [%s]\n    podCIDRs: [%s]\n", n.Name, n.Addr, n.PodCIDR)
-	}
-	renderServices(&b, l.Services)
-	return writeFileAtomic(l.ClusterFile(), []byte(b.String()))
+	return fileSource{l.ClusterFile()}.publish(context.Background(), l.Nodes, l.Services)
 }
+
+// source is where the lab publishes its cluster state: the cluster file
+// unless Up started another.
+func (l *Lab) source() source {
+	if l.src == nil {
+		return fileSource{l.ClusterFile()}
+	}
+	return l.src
+}
+
+// SourceDescription says where the lab's daemons read the cluster state
+// ("reading the cluster file", "reading the API server at https://…").
+func (l *Lab) SourceDescription() string { return l.source().describe() }
 
 // StartDaemon starts podnetd inside the node's namespace, logging to
 // <dir>/podnetd.log.
@@ -165,11 +200,11 @@ func (l *Lab) StartDaemon(n *Node) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(filepath.Join(l.Opts.BinDir, "podnetd"),
-		"--node-name", n.Name, "--cluster-file", l.ClusterFile(),
+	args := append([]string{"--node-name", n.Name,
 		"--socket", n.Socket(), "--state-dir", filepath.Join(n.Dir, "state"),
 		"--cni-conf-dir", n.ConfDir(), "--cni-bin-dir", l.Opts.BinDir,
-		"--poll-interval", "100ms", "--log-level", "debug")
+		"--log-level", "debug"}, l.source().daemonArgs()...)
+	cmd := exec.Command(filepath.Join(l.Opts.BinDir, "podnetd"), args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := n.NS.Start(cmd); err != nil {
@@ -198,26 +233,34 @@ func (l *Lab) StopDaemon(n *Node, sig syscall.Signal) {
 	n.Daemon = nil
 }
 
-// WaitReady waits until the node's daemon reports ready and its conflist exists.
+// WaitReady waits until the node's daemon reports ready and its conflist
+// exists: up to 15 s, or 60 s with SourceKube, where podnetd first fills its
+// caches from the API server.
 func (l *Lab) WaitReady(ctx context.Context, n *Node) error {
-	deadline := time.Now().Add(15 * time.Second)
+	timeout := 15 * time.Second
+	if l.Opts.Source == SourceKube {
+		timeout = time.Minute
+	}
+	deadline := time.Now().Add(timeout)
 	client := client.New(n.Socket(), 2*time.Second)
 	var last error
 	for time.Now().Before(deadline) {
 		st, err := client.Status(ctx)
 		if err == nil && st.Ready {
 			if _, err := os.Stat(filepath.Join(n.ConfDir(), "10-podnet.conflist")); err == nil {
+				n.Source = st.Source
 				return nil
 			}
 		}
 		last = err
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("%s: podnetd not ready after 15s (last error: %v); see %s", n.Name, last, filepath.Join(n.Dir, "podnetd.log"))
+	return fmt.Errorf("%s: podnetd not ready after %s (last error: %v); see %s", n.Name, timeout, last, filepath.Join(n.Dir, "podnetd.log"))
 }
 
-// Down deletes every pod through CNI DEL, stops the daemons and removes the
-// namespaces. It returns the first error but always finishes.
+// Down deletes every pod through CNI DEL, stops the daemons and the source
+// (a control plane), and removes the namespaces. It returns the first error
+// but always finishes.
 func (l *Lab) Down(ctx context.Context) error {
 	first := l.DelAllPods(ctx)
 	for _, n := range l.Nodes {
@@ -228,6 +271,9 @@ func (l *Lab) Down(ctx context.Context) error {
 		// Remove the uplink now rather than when the kernel gets round to
 		// destroying the namespace, so a new lab can reuse the name at once.
 		sandbox.DeleteLink(-1, "u-"+n.Name)
+	}
+	if err := l.source().close(); err != nil && first == nil {
+		first = err
 	}
 	return first
 }

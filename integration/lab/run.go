@@ -12,13 +12,17 @@ import (
 
 // Report is what Run checked.
 type Report struct {
+	// Sources are the sources of cluster state the nodes' podnetds
+	// reported, in node order ("file:<path>", "kube:<server>").
+	Sources  []string
 	Checks   []Check        // the connectivity matrix
 	Services []ServiceCheck // pod → service through the ClusterIP
 }
 
 // Run is the lab's main job: bring the cluster up, attach PodsPerNode pods to
 // every node through libcni, check and print the connectivity matrix, add the
-// web service (WebService) to the cluster file once its endpoint pods exist,
+// web service (WebService) to the lab's source (the cluster file, or the API
+// server with SourceKube) once its endpoint pods exist,
 // check and print every pod's connections to it, tear everything down through
 // CNI DEL, and verify no address was left allocated. It returns what it
 // checked, and an error unless every check passed.
@@ -32,9 +36,10 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		}
 		return rep, fmt.Errorf("lab up: %w", err)
 	}
-	l.logf("▸ %d nodes up on underlay 192.0.2.0/24, one podnetd each (%s)", len(l.Nodes), time.Since(start).Round(time.Millisecond))
+	l.logf("▸ %d nodes up on underlay 192.0.2.0/24, one podnetd each %s (%s)", len(l.Nodes), l.SourceDescription(), time.Since(start).Round(time.Millisecond))
 	for _, n := range l.Nodes {
 		l.logf("    %s  %-12s podCIDR %s  bridge podnet0 %s", n.Name, n.Addr, n.PodCIDR, n.Gateway())
+		rep.Sources = append(rep.Sources, n.Source)
 	}
 	for _, n := range l.Nodes {
 		for i := 1; i <= o.PodsPerNode; i++ {
@@ -80,8 +85,8 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	return rep, nil
 }
 
-// serviceJourney starts the web service's servers in its endpoint pods, writes
-// the service into the cluster file, waits until every node programmed it and
+// serviceJourney starts the web service's servers in its endpoint pods, puts
+// the service in the lab's source, waits until every node programmed it and
 // checks every pod's connections to it. With pods on fewer than two nodes it
 // says why it skips and checks nothing.
 func (l *Lab) serviceJourney(ctx context.Context) ([]ServiceCheck, error) {
@@ -99,8 +104,8 @@ func (l *Lab) serviceJourney(ctx context.Context) ([]ServiceCheck, error) {
 	if err := l.ApplyServices(ctx, svc); err != nil {
 		return nil, err
 	}
-	l.logf("\n▸ service %s (ClusterIP %s, TCP %d → %d, endpoints %s) written to the cluster file; programmed on every node in %s",
-		svc.Name, svc.VIP, svc.Port, svc.TargetPort, strings.Join(svc.EndpointNames(), ", "), time.Since(start).Round(time.Millisecond))
+	l.logf("\n▸ service %s (ClusterIP %s, TCP %d → %d, endpoints %s) %s; programmed on every node in %s",
+		svc.Name, svc.VIP, svc.Port, svc.TargetPort, strings.Join(svc.EndpointNames(), ", "), l.PublishedText(svc), time.Since(start).Round(time.Millisecond))
 	return l.CheckServices(), nil
 }
 

@@ -107,17 +107,23 @@ func writeFileAtomic(path string, data []byte) error {
 	return os.Rename(f.Name(), path)
 }
 
-// ApplyServices replaces the lab's services with svcs in the cluster file and
-// waits until every node's podnetd has programmed them (WaitServices).
+// ApplyServices replaces the lab's services with svcs in its source (the
+// cluster file, or Services and EndpointSlices in the API server) and waits
+// until every node's podnetd has programmed them (WaitServices).
 func (l *Lab) ApplyServices(ctx context.Context, svcs ...Service) error {
 	l.Services = svcs
-	if err := l.WriteClusterFile(); err != nil {
+	if err := l.source().publish(ctx, l.Nodes, l.Services); err != nil {
 		return err
 	}
 	return l.WaitServices(ctx)
 }
 
-// servicesTimeout bounds WaitServices: the daemons poll the file every 100 ms.
+// PublishedText says, for the log, where ApplyServices put s ("written to
+// the cluster file", "created with client-go (…)").
+func (l *Lab) PublishedText(s Service) string { return l.source().published(s) }
+
+// servicesTimeout bounds WaitServices: the daemons poll the file every 100 ms,
+// or watch the API server.
 const servicesTimeout = 15 * time.Second
 
 // WaitServices waits, for up to 15 s, until every node's podnetd reports each

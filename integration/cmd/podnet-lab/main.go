@@ -7,6 +7,12 @@
 //	podnet-lab up     build the lab with the web service and keep it until
 //	                  interrupted (or `down`)
 //	podnet-lab down   stop a lab started with `up`
+//
+// --source kube runs a real etcd and kube-apiserver inside the sandbox and has
+// the podnetds read Nodes, Services and EndpointSlices from it, instead of the
+// cluster file (--source file, the default). kube-apiserver is built before
+// entering the sandbox, once per machine (~5 minutes the first time; `make
+// kube-tools` builds it ahead).
 package main
 
 import (
@@ -21,6 +27,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/podnet/podnet/integration/kube"
 	"github.com/podnet/podnet/integration/lab"
 	"github.com/podnet/podnet/integration/sandbox"
 )
@@ -36,7 +43,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: podnet-lab run|up|down [--nodes N] [--pods N] [--bin DIR]")
+		return errors.New("usage: podnet-lab run|up|down [--nodes N] [--pods N] [--bin DIR] [--source file|kube]")
 	}
 	cmd := args[0]
 	fs := flag.NewFlagSet("podnet-lab "+cmd, flag.ContinueOnError)
@@ -45,6 +52,7 @@ func run(args []string) error {
 	fs.IntVar(&o.Nodes, "nodes", 3, "number of nodes")
 	fs.IntVar(&o.PodsPerNode, "pods", 2, "pods per node")
 	fs.StringVar(&o.BinDir, "bin", filepath.Dir(self), "directory holding podnetd and podnet")
+	source := fs.String("source", string(lab.SourceFile), "source of cluster state: file (the cluster file) or kube (a real kube-apiserver in the sandbox)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -53,6 +61,15 @@ func run(args []string) error {
 	}
 	if cmd != "run" && cmd != "up" {
 		return fmt.Errorf("unknown command %q", cmd)
+	}
+	var err error
+	if o.Source, err = lab.ParseSource(*source); err != nil {
+		return err
+	}
+	if o.Source == lab.SourceKube && !sandbox.Inside() {
+		if err := prepareKube(); err != nil {
+			return err
+		}
 	}
 	if !sandbox.Inside() && cmd == "up" {
 		if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
@@ -80,9 +97,27 @@ func run(args []string) error {
 	defer stop()
 	if cmd == "run" {
 		_, err := lab.Run(ctx, o)
+		if err != nil {
+			printLogTails(work)
+		}
 		return err
 	}
 	return up(ctx, o)
+}
+
+// printLogTails shows the end of each daemon's log, and of the API server's,
+// on stderr: the work dir holding them goes when podnet-lab exits.
+func printLogTails(work string) {
+	logs, _ := filepath.Glob(filepath.Join(work, "node*", "podnetd.log"))
+	logs = append(logs, filepath.Join(work, "kube", "kube-apiserver.log"))
+	for _, path := range logs {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+		fmt.Fprintf(os.Stderr, "--- %s (last lines)\n%s\n", strings.TrimPrefix(path, work+"/"), strings.Join(lines[max(0, len(lines)-15):], "\n"))
+	}
 }
 
 func up(ctx context.Context, o lab.Options) error {
@@ -117,11 +152,23 @@ func up(ctx context.Context, o lab.Options) error {
 		fmt.Printf("service %s: %s → %v port %d (each connection gets \"<pod> <client address>\", then an echo)\n",
 			svc.Name, svc.Dst(), svc.EndpointNames(), svc.TargetPort)
 	}
+	if kc := l.AdminKubeconfig(); kc != "" {
+		fmt.Printf("the podnetds are %s; admin kubeconfig (in the sandbox): %s\n", l.SourceDescription(), kc)
+	}
 	fmt.Printf("\nlab is up. Enter it with:\n  nsenter --net=/proc/%d/ns/net --mount=/proc/%d/ns/mnt bash\n", os.Getpid(), os.Getpid())
 	fmt.Printf("then e.g. `ip netns exec node1 ip route`, `%s/podnetctl --socket %s status`\n", o.BinDir, l.Nodes[0].Socket())
 	fmt.Println("stop with Ctrl-C or `podnet-lab down`")
 	<-ctx.Done()
 	return l.Down(context.Background())
+}
+
+// prepareKube builds kube-apiserver unless the cache holds it, before the
+// sandbox, which has no network to fetch modules with.
+func prepareKube() error {
+	fmt.Printf("▸ source kube: etcd and kube-apiserver %s in the sandbox; kube-apiserver is built once per machine, ~5 minutes the first time (`make kube-tools` builds it ahead; cached in ~/.cache/podnet/kube)\n", kube.Version)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return kube.Prepare(ctx, os.Stderr)
 }
 
 // down signals the lab started by `up` (its PID is in the pid file).
