@@ -118,14 +118,14 @@ type ProxyRun struct {
 	// Split of the cold start, from the exec: caches synced (the proxy's
 	// log), its first sync started, and that sync's length; 0 when unknown.
 	CachesSynced, SyncStart, FirstSync time.Duration
-	// ColdCPU is the proxy's CPU time (user + system) until the cold start
-	// ended; ColdChildCPU that of its reaped children (kube-proxy's nft).
-	ColdCPU, ColdChildCPU time.Duration
-	HWMCold, HWM          int64 // the proxy's VmHWM after the cold start and at the end, kB
-	MaxRSS                int64 // the largest ru_maxrss of the proxy and its children, kB
-	Programmed            int   // service ports in the table after the cold start
-	Changes               []Change
-	Problems              []string
+	// ColdCPU is the CPU time of the proxy and of its reaped children
+	// (kube-proxy's nft) from the exec until its first sync ended.
+	ColdCPU      CPUTimes
+	HWMCold, HWM int64 // the proxy's VmHWM after the cold start and at the end, kB
+	MaxRSS       int64 // the largest ru_maxrss of the proxy and its children, kB
+	Programmed   int   // service ports in the table after the cold start
+	Changes      []Change
+	Problems     []string
 }
 
 // Change is one timed EndpointSlice change: Total from just before the

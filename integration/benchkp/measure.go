@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/podnet/podnet/integration/benchsvc"
@@ -21,7 +22,10 @@ func (e *env) measure(ctx context.Context, n int) (*Result, error) {
 	all := genServices(n)
 	fresh := all[len(e.svcs):]
 	fmt.Fprintf(e.out, "▸ %d services: creating %d Services and EndpointSlices with %d clients ...\n", n, len(fresh), e.cfg.Workers)
-	took, err := createServices(ctx, e.client, fresh, e.cfg.Workers)
+	var done atomic.Int64
+	stop := e.progress(&done, len(fresh))
+	took, err := createServices(ctx, e.client, fresh, e.cfg.Workers, &done)
+	stop()
 	if err != nil {
 		return nil, err
 	}
@@ -46,6 +50,30 @@ func (e *env) measure(ctx context.Context, n int) (*Result, error) {
 		}
 	}
 	return r, nil
+}
+
+// progress prints, every 30 s until stop is called, how many of total
+// services done counts and the rate since the last line: the API server's
+// rate falls as it fills.
+func (e *env) progress(done *atomic.Int64, total int) (stop func()) {
+	quit := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		last, at := int64(0), time.Now()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-time.After(30 * time.Second):
+			}
+			n := done.Load()
+			fmt.Fprintf(e.out, "      %d/%d (%.0f objects/s over the last %s)\n", n, total,
+				float64(2*(n-last))/time.Since(at).Seconds(), time.Since(at).Round(time.Second))
+			last, at = n, time.Now()
+		}
+	}()
+	return func() { close(quit); <-finished }
 }
 
 // newProxy makes the namespace and the proxy of one run.
@@ -149,9 +177,6 @@ func (e *env) cold(ctx context.Context, p proxy, run *ProxyRun, last benchsvc.Se
 		time.Sleep(2 * time.Millisecond)
 	}
 	var err error
-	if run.ColdCPU, run.ColdChildCPU, err = procCPU(p.PID()); err != nil {
-		return err
-	}
 	if run.HWMCold, err = procStatus(p.PID(), "VmHWM"); err != nil {
 		return err
 	}
@@ -160,8 +185,13 @@ func (e *env) cold(ctx context.Context, p proxy, run *ProxyRun, last benchsvc.Se
 	} else {
 		run.Problems = append(run.Problems, err.Error())
 	}
+	// The sync ends after its changes are visible (kube-proxy reaps nft,
+	// podnetd finishes the node); CPU is read once it has.
 	if s, err := p.SyncAfter(ctx, start); err == nil && !s.Start.After(start.Add(run.Cold)) {
 		run.SyncStart, run.FirstSync = s.Start.Sub(start), s.Took
+	}
+	if run.ColdCPU, err = procCPU(p.PID()); err != nil {
+		return err
 	}
 	return nil
 }

@@ -136,7 +136,8 @@ func setUpCluster(ctx context.Context, k kubernetes.Interface, podnetdUser strin
 // API server held them all. A request the server turns away as too busy
 // (429, timeouts) is retried; an object that already exists counts as
 // created.
-func createServices(ctx context.Context, k kubernetes.Interface, svcs []benchsvc.ServiceSpec, workers int) (time.Duration, error) {
+// done counts the services created with their slices, for progress reports.
+func createServices(ctx context.Context, k kubernetes.Interface, svcs []benchsvc.ServiceSpec, workers int, done *atomic.Int64) (time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var next atomic.Int64
@@ -165,6 +166,7 @@ func createServices(ctx context.Context, k kubernetes.Interface, svcs []benchsvc
 					cancel()
 					return
 				}
+				done.Add(1)
 			}
 		})
 	}

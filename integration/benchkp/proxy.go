@@ -126,28 +126,37 @@ func procStatus(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("/proc/%d/status: no %s", pid, field)
 }
 
-// procCPU returns the CPU time (user + system) of pid and of the children
-// it has reaped, from /proc/PID/stat.
-func procCPU(pid int) (self, children time.Duration, err error) {
+// CPUTimes are a process's user and system CPU times, and those of the
+// children it has reaped (from /proc/PID/stat: USER_HZ resolution, 10 ms).
+type CPUTimes struct {
+	User, Sys, ChildUser, ChildSys time.Duration
+}
+
+func (c CPUTimes) self() time.Duration     { return c.User + c.Sys }
+func (c CPUTimes) children() time.Duration { return c.ChildUser + c.ChildSys }
+
+// procCPU returns the CPU times of pid, from /proc/PID/stat.
+func procCPU(pid int) (CPUTimes, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, 0, err
+		return CPUTimes{}, err
 	}
 	// After the command name, which may hold spaces: utime, stime, cutime
 	// and cstime are proc(5) fields 14 to 17.
 	_, rest, ok := strings.Cut(string(b), ") ")
 	f := strings.Fields(rest)
 	if !ok || len(f) < 15 {
-		return 0, 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+		return CPUTimes{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
-	var ticks [4]int64
+	var ticks [4]time.Duration
 	for i := range ticks {
-		if ticks[i], err = strconv.ParseInt(f[11+i], 10, 64); err != nil {
-			return 0, 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		n, err := strconv.ParseInt(f[11+i], 10, 64)
+		if err != nil {
+			return CPUTimes{}, fmt.Errorf("/proc/%d/stat: %w", pid, err)
 		}
+		ticks[i] = time.Duration(n) * 10 * time.Millisecond // USER_HZ 100
 	}
-	const tick = 10 * time.Millisecond // USER_HZ 100
-	return time.Duration(ticks[0]+ticks[1]) * tick, time.Duration(ticks[2]+ticks[3]) * tick, nil
+	return CPUTimes{User: ticks[0], Sys: ticks[1], ChildUser: ticks[2], ChildSys: ticks[3]}, nil
 }
 
 // endpointsOf returns svc's endpoints as the kernel should forward to them.

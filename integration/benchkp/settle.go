@@ -73,9 +73,8 @@ func children(names ...string) []int {
 func cpuOf(pids []int) time.Duration {
 	var total time.Duration
 	for _, pid := range pids {
-		self, _, err := procCPU(pid)
-		if err == nil {
-			total += self
+		if c, err := procCPU(pid); err == nil {
+			total += c.self()
 		}
 	}
 	return total
