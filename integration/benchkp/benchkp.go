@@ -165,6 +165,7 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(out, "▸ podnetd %s (copied from %s), kube-proxy %s\n", e.podnetdVersion, cfg.BinDir, cfg.KubeProxy)
 	var results []*Result
 	problems := 0
 	for _, n := range cfg.Services {
@@ -176,14 +177,14 @@ func Run(ctx context.Context, cfg Config, out io.Writer) (err error) {
 			results = append(results, r)
 		}
 		if err != nil {
-			printReport(out, cfg, machine, results)
+			printReport(out, cfg, machine, e.podnetdVersion, results)
 			return fmt.Errorf("%d services: %w", n, err)
 		}
 		for _, run := range r.Runs {
 			problems += len(run.Problems)
 		}
 	}
-	printReport(out, cfg, machine, results)
+	printReport(out, cfg, machine, e.podnetdVersion, results)
 	if problems > 0 {
 		return fmt.Errorf("%w: %d problems", ErrVerification, problems)
 	}

@@ -94,7 +94,7 @@ func (e *env) newProxy(kind string, n int) (proxy, error) {
 		if err != nil {
 			return nil, err
 		}
-		return newPodnetd(filepath.Join(e.cfg.BinDir, "podnetd"), e.podnetdKubeconfig, dir, ns)
+		return newPodnetd(e.podnetd, e.podnetdKubeconfig, dir, ns)
 	}
 	return nil, fmt.Errorf("unknown proxy %q", kind)
 }

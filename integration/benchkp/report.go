@@ -67,7 +67,7 @@ func (r *Result) byProxy(name string) *ProxyRun {
 
 // printReport writes the settings, one table per measurement, the ratios
 // and the verdict on each target, as markdown.
-func printReport(w io.Writer, cfg Config, m bench.Machine, rs []*Result) {
+func printReport(w io.Writer, cfg Config, m bench.Machine, podnetdVersion string, rs []*Result) {
 	counts := make([]string, len(rs))
 	for i, r := range rs {
 		counts[i] = fmt.Sprint(r.Services)
@@ -75,10 +75,10 @@ func printReport(w io.Writer, cfg Config, m bench.Machine, rs []*Result) {
 	fmt.Fprintf(w, "\n## podnetd against kube-proxy: %s services\n\n", strings.Join(counts, ", "))
 	fmt.Fprintf(w, "Machine: %d CPUs (nproc), %s, kernel %s, %s; load average at start %s\n\n", m.CPUs, m.CPU, m.Kernel, m.Go, m.Load)
 	fmt.Fprintf(w, "Each service: ClusterIP, TCP %d (port %q) → %d, one EndpointSlice with %d ready endpoints on two other Nodes. "+
-		"kube-proxy %s: `%s`. podnetd: `%s`. Each proxy alone, in its own network namespace; %d changes each, one endpoint address of one "+
+		"kube-proxy %s: `%s`. podnetd %s: `%s`. Each proxy alone, in its own network namespace; %d changes each, one endpoint address of one "+
 		"EndpointSlice each, %s + 0–300 ms apart.\n\n",
 		benchsvc.ServicePort, portName, benchsvc.TargetPort, benchsvc.EndpointsPerService, "v1.37.2",
-		strings.Join(kubeProxyArgs(), " "), strings.Join(podnetdArgs(), " "), cfg.Changes, cfg.Pause)
+		strings.Join(kubeProxyArgs(), " "), podnetdVersion, strings.Join(podnetdArgs(), " "), cfg.Changes, cfg.Pause)
 
 	fmt.Fprintln(w, "The API server (etcd and kube-apiserver in the same sandbox):")
 	fmt.Fprintln(w)

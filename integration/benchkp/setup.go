@@ -8,7 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 
 	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/jsimonetti/rtnetlink/v2/driver"
@@ -28,15 +30,27 @@ type env struct {
 	client kubernetes.Interface // admin, protobuf, QPS 1000
 	// kubeconfigs of each proxy's identity, for the API server at hostAddr.
 	podnetdKubeconfig, kubeProxyKubeconfig string
-	svcs                                   []benchsvc.ServiceSpec // created so far
-	namespaces                             []*sandbox.NetNS
+	// podnetd is a copy of BinDir/podnetd taken at the start, so that a
+	// build into a shared bin dir during the run does not change what is
+	// measured; podnetdVersion is what it says with --version.
+	podnetd, podnetdVersion string
+	svcs                    []benchsvc.ServiceSpec // created so far
+	namespaces              []*sandbox.NetNS
 }
 
 // setUp makes the underlay, starts etcd and kube-apiserver and writes the
 // cluster's namespace, Nodes and RBAC. On error the returned env, when not
 // nil, still needs tearDown.
 func setUp(ctx context.Context, cfg Config, out io.Writer) (*env, error) {
-	e := &env{cfg: cfg, out: out}
+	e := &env{cfg: cfg, out: out, podnetd: filepath.Join(cfg.WorkDir, "podnetd")}
+	if err := copyFile(filepath.Join(cfg.BinDir, "podnetd"), e.podnetd); err != nil {
+		return nil, fmt.Errorf("copy podnetd: %w", err)
+	}
+	v, err := exec.Command(e.podnetd, "--version").Output()
+	if err != nil {
+		return nil, fmt.Errorf("podnetd --version: %w", err)
+	}
+	e.podnetdVersion = strings.TrimSpace(string(v))
 	if err := makeUnderlay(); err != nil {
 		return nil, err
 	}
@@ -107,6 +121,15 @@ func (e *env) tearDown() error {
 	}
 	errs = append(errs, sandbox.DeleteLink(-1, underlayBridge))
 	return errors.Join(errs...)
+}
+
+// copyFile copies the executable src to dst.
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
 }
 
 // makeUnderlay makes the bridge the proxies' namespaces hang on, with

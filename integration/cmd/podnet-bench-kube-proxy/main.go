@@ -65,13 +65,9 @@ func run(args []string) error {
 		return fmt.Errorf("needs root, to run the proxies in network namespaces of a sandbox")
 	}
 	// Outside the sandbox, which has no network to fetch modules with: build
-	// what is missing (kube.Binary hands the paths on through the environment).
-	for _, name := range []string{"kube-apiserver", "kube-proxy"} {
-		path, err := kube.Binary(context.Background(), name, os.Stderr)
-		if err != nil {
-			return err
-		}
-		os.Setenv("PODNET_"+strings.ToUpper(strings.ReplaceAll(name, "-", "_")), path)
+	// what is missing; the re-execution finds the paths in its environment.
+	if err := kube.Prepare(context.Background(), os.Stderr, "kube-apiserver", "kube-proxy"); err != nil {
+		return err
 	}
 	before, err := benchkp.ReadHostState()
 	if err != nil {
