@@ -280,13 +280,25 @@ func TestSvcRejects(t *testing.T) {
 		{"service without endpoints", net.JoinHostPort(svcEmptyVIP, "80")},
 		{"ClusterIP port the service does not have", net.JoinHostPort(svcWebVIP, "81")},
 	} {
-		start := time.Now()
-		_, err := ask(l.client, "tcp4", tc.addr)
-		took := time.Since(start)
-		if !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Errorf("%s: got %v, want connection refused", tc.name, err)
-		} else if took > 500*time.Millisecond {
-			t.Errorf("%s: refused after %s, want well under 1s", tc.name, took)
+		// The kernel's ICMP rate limit is shared by every namespace: under a
+		// loaded test run one port-unreachable may be dropped, and the SYN's
+		// retransmission after 1 s is refused. So up to 3 tries, each of
+		// which must be refused (a drop would time out), one of them fast.
+		var took []time.Duration
+		for range 3 {
+			start := time.Now()
+			_, err := ask(l.client, "tcp4", tc.addr)
+			took = append(took, time.Since(start))
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("%s: got %v, want connection refused", tc.name, err)
+				break
+			}
+			if took[len(took)-1] < 500*time.Millisecond {
+				break
+			}
+		}
+		if last := took[len(took)-1]; last >= 500*time.Millisecond {
+			t.Errorf("%s: refused after %v, want well under 1s", tc.name, took)
 		}
 	}
 }
