@@ -42,7 +42,7 @@ func ratio(a, b float64) string {
 	return fmt.Sprintf("%.1f×", a/b)
 }
 
-// totals returns the Total of each change, the API round trips, the time
+// samples returns the Total of each change, the API round trips, the time
 // until the sync started and the syncs.
 func samples(cs []Change) (total, api, syncStart, sync benchsvc.Sample) {
 	for _, c := range cs {
