@@ -123,9 +123,14 @@ type ProxyRun struct {
 	ColdCPU      CPUTimes
 	HWMCold, HWM int64 // the proxy's VmHWM after the cold start and at the end, kB
 	MaxRSS       int64 // the largest ru_maxrss of the proxy and its children, kB
-	Programmed   int   // service ports in the table after the cold start
-	Changes      []Change
-	Problems     []string
+	// BenchHWM is this process's VmHWM when it started the proxy, kB. A
+	// child's ru_maxrss starts from it: at exec the kernel records the
+	// peak of the memory the child shared with its parent (Go spawns with
+	// CLONE_VM), so MaxRSS shows a child's own peak only above it.
+	BenchHWM   int64
+	Programmed int // service ports in the table after the cold start
+	Changes    []Change
+	Problems   []string
 }
 
 // Change is one timed EndpointSlice change: Total from just before the

@@ -158,6 +158,10 @@ func (e *env) cold(ctx context.Context, p proxy, run *ProxyRun, last benchsvc.Se
 	if err := p.Start(); err != nil {
 		return err
 	}
+	var err error
+	if run.BenchHWM, err = procStatus(os.Getpid(), "VmHWM"); err != nil {
+		return err
+	}
 	deadline := start.Add(e.cfg.ColdTimeout)
 	for {
 		ok, err := p.Serves(last)
@@ -176,7 +180,6 @@ func (e *env) cold(ctx context.Context, p proxy, run *ProxyRun, last benchsvc.Se
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	var err error
 	if run.HWMCold, err = procStatus(p.PID(), "VmHWM"); err != nil {
 		return err
 	}

@@ -27,12 +27,13 @@ func ms(d time.Duration) string {
 func mib(kb int64) string { return fmt.Sprintf("%.0f MiB", float64(kb)/1024) }
 
 // childPeak is the peak RSS of the proxy's largest child when ru_maxrss
-// shows one above the proxy's own peak, "≤ own" otherwise.
+// shows one above the proxy's own peak and above what every child starts
+// from (BenchHWM), "–" otherwise.
 func childPeak(run *ProxyRun) string {
-	if run.MaxRSS > run.HWM {
+	if run.MaxRSS > max(run.HWM, run.BenchHWM) {
 		return mib(run.MaxRSS)
 	}
-	return "≤ own"
+	return "–"
 }
 
 func ratio(a, b float64) string {
@@ -101,8 +102,10 @@ func printReport(w io.Writer, cfg Config, m bench.Machine, podnetdVersion string
 				ms(c.ChildUser), ms(c.ChildSys), mib(run.HWMCold), mib(run.HWM), childPeak(run), run.Programmed)
 		}
 	}
-	fmt.Fprintln(w, "\nchild peak RSS: ru_maxrss of wait4 on the proxy is the larger of its own peak and its largest reaped child's; "+
-		"when it exceeds the proxy's VmHWM, that is a child's (kube-proxy runs `nft -f -` for each transaction, beside itself).")
+	fmt.Fprintln(w, "\nchild peak RSS: ru_maxrss of wait4 on the proxy is the largest of its own peak and its reaped children's; "+
+		"each of those starts from the peak of the spawning process (at exec the kernel records the shared memory's), so a value above "+
+		"the proxy's VmHWM and the benchmark's own VmHWM at the proxy's start is a child's own peak (kube-proxy runs `nft -f -` "+
+		"for each transaction, beside itself); \"–\": none seen.")
 
 	fmt.Fprintln(w, "\nOne EndpointSlice changed (update request sent → new endpoints in the kernel table, polled every 1 ms); "+
 		"API = the update's round trip; → sync = until the proxy's sync started (watch delivery, queueing); sync = the sync that applied it:")

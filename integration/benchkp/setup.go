@@ -123,13 +123,24 @@ func (e *env) tearDown() error {
 	return errors.Join(errs...)
 }
 
-// copyFile copies the executable src to dst.
+// copyFile copies the executable src to dst, streaming: reading it whole
+// would raise this process's peak RSS, which every child's ru_maxrss starts
+// from (see ProxyRun.BenchHWM).
 func copyFile(src, dst string) error {
-	b, err := os.ReadFile(src)
+	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(dst, b, 0o755)
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }
 
 // makeUnderlay makes the bridge the proxies' namespaces hang on, with
