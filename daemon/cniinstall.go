@@ -77,38 +77,12 @@ func installFile(src, dst string, mode fs.FileMode) (bool, error) {
 		return false, err
 	}
 	removeStaleTemps(dir, dst)
-	tmp, err := os.CreateTemp(dir, tempPattern(dst))
-	if err != nil {
-		return false, err
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := io.Copy(tmp, in); err != nil {
-		tmp.Close()
-		return false, fmt.Errorf("copy %s: %w", src, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return false, err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return false, err
-	}
-	if err := tmp.Close(); err != nil {
-		return false, err
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return false, err
-	}
-	df, err := os.Open(dir)
-	if err != nil {
-		return true, err
-	}
-	defer df.Close()
-	if err := df.Sync(); err != nil {
-		return true, fmt.Errorf("fsync %s: %w", dir, err)
-	}
-	return true, nil
+	return replaceFile(dir, tempPattern(dst), dst, mode, func(f *os.File) error {
+		if _, err := io.Copy(f, in); err != nil {
+			return fmt.Errorf("copy %s: %w", src, err)
+		}
+		return nil
+	})
 }
 
 // tempPattern names installFile's temporary files for dst: hidden, so no

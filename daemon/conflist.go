@@ -41,12 +41,22 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) (bool, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return false, err
 	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	return replaceFile(dir, "."+filepath.Base(path)+".tmp-*", path, mode, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	})
+}
+
+// replaceFile makes path hold what write puts in a new file: a temp file in
+// dir named by pattern, its mode set, fsynced, renamed over path, dir fsynced.
+// It reports whether the rename happened (a failed dir fsync still reports true).
+func replaceFile(dir, pattern, path string, mode os.FileMode, write func(*os.File) error) (bool, error) {
+	tmp, err := os.CreateTemp(dir, pattern)
 	if err != nil {
 		return false, err
 	}
 	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if _, err := tmp.Write(data); err != nil {
+	if err := write(tmp); err != nil {
 		tmp.Close()
 		return false, err
 	}
