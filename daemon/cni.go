@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -32,6 +33,17 @@ type cniHandler struct {
 	kernel  routing.Interface
 	state   func() podNet
 	stripes [64]sync.Mutex // serialises calls for one attachment
+	// pods records each attachment's namespace and pod name for the debug
+	// API; nil keeps no records. warn reports a record that could not be
+	// written or removed (the CNI call still succeeds).
+	pods *podStore
+	warn func(msg string, err error)
+}
+
+func (h *cniHandler) warnf(msg string, err error) {
+	if err != nil && h.warn != nil {
+		h.warn(msg, err)
+	}
 }
 
 func (h *cniHandler) lock(containerID, ifName string) func() {
@@ -135,6 +147,14 @@ func (h *cniHandler) add(req api.CNIRequest) (resp *api.CNIResponse, cerr *api.E
 	if err != nil {
 		return nil, cniErr(types.ErrInternal, "encode result", err)
 	}
+	ns, name := cniArgs(req.Args)
+	rec := podRecord{ContainerID: req.ContainerID, IfName: req.IfName, NetNS: req.NetNS, Namespace: ns, Name: name,
+		HostVeth: links.HostVeth, Created: time.Now().UTC()}
+	for _, a := range allocs {
+		rec.Addresses = append(rec.Addresses, a.Addr.Addr().String())
+		rec.Created = a.Created
+	}
+	h.warnf("recording the pod for the debug API failed", h.pods.put(rec))
 	return &api.CNIResponse{Result: b}, nil
 }
 
@@ -180,6 +200,7 @@ func (h *cniHandler) del(req api.CNIRequest) *api.Error {
 	if _, err := h.ipam.Release(req.ContainerID, req.IfName); err != nil {
 		return cniErr(types.ErrIOFailure, "release pod address", err)
 	}
+	h.warnf("removing the pod's debug record failed", h.pods.remove(req.ContainerID, req.IfName))
 	return nil
 }
 
@@ -229,6 +250,11 @@ func (h *cniHandler) gc(valid []types.GCAttachment) *api.Error {
 		unlock()
 		if err != nil {
 			errs = append(errs, err)
+		}
+	}
+	for _, r := range h.pods.list() {
+		if !keep[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
+			h.warnf("removing a pod's debug record failed", h.pods.remove(r.ContainerID, r.IfName))
 		}
 	}
 	_, err = h.ipam.GC(func(cid, ifName string) bool {

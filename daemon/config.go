@@ -19,6 +19,9 @@ type Config struct {
 	NodeName    string
 	ClusterFile string // standalone mode: YAML file with nodes (and services)
 	Socket      string
+	// SocketGroup, a group name or number, may read the debug API: the
+	// socket becomes mode 0660 with this group. Empty: root only (0600).
+	SocketGroup string
 	StateDir    string
 	CNIConfDir  string
 	CNIBinDir   string

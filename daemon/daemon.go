@@ -39,6 +39,9 @@ type Deps struct {
 	// Source, when not nil, replaces the cluster-state source the config
 	// selects (the cluster file or the Kubernetes API).
 	Source Source
+	// Tracer traces trace probes with nftables; nil: the real one, made at
+	// the first trace.
+	Tracer nft.TraceRunner
 }
 
 // Daemon is one podnetd.
@@ -48,6 +51,7 @@ type Daemon struct {
 	kernel  routing.Interface
 	nft     nft.Interface
 	ipam    *ipam.Allocator
+	pods    *podStore
 	cni     *cniHandler
 	cluster atomic.Pointer[Cluster]
 	source  Source
@@ -74,6 +78,12 @@ type Daemon struct {
 	// life is readiness for /readyz and systemd's READY=1 (health.go).
 	life lifecycle
 
+	// socketGID is the group of --socket-group, -1 without one (access.go).
+	socketGID int
+	// tracer traces trace probes (tracenft.go).
+	tracerMu sync.Mutex
+	tracer   nft.TraceRunner
+
 	mu     sync.Mutex
 	status api.Status
 }
@@ -84,7 +94,7 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1), sysctl: sysctlWriter(cfg.SysctlDir),
-		source: deps.Source, updated: make(chan struct{}, 1)}
+		source: deps.Source, updated: make(chan struct{}, 1), tracer: deps.Tracer}
 	if d.source == nil {
 		src, err := newSource(cfg, d)
 		if err != nil {
@@ -102,6 +112,11 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 		}
 		d.nft = t
 	}
+	gid, err := lookupGroup(cfg.SocketGroup)
+	if err != nil {
+		return nil, err
+	}
+	d.socketGID = gid
 	d.podNet.Store(&podNet{Reason: "first sync not done"})
 	d.status = api.Status{Version: Version, Node: cfg.NodeName, Source: d.source.Name(), Bridge: cfg.Bridge, StartedAt: time.Now()}
 	if deps.Conntrack != nil {
@@ -137,8 +152,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer alloc.Close()
 	d.ipam = alloc
-	d.cni = &cniHandler{ipam: alloc, kernel: d.kernel, state: func() podNet { return *d.podNet.Load() }}
-	ln, err := listen(d.cfg.Socket)
+	pods, err := openPodStore(filepath.Join(d.cfg.StateDir, "pods"))
+	if pods == nil {
+		return err
+	}
+	if err != nil { // the records that could be read are kept
+		d.log.Warn("some pod records are unreadable; those pods show without name and namespace", zap.Error(err))
+	}
+	d.pods = pods
+	d.cni = &cniHandler{ipam: alloc, kernel: d.kernel, state: func() podNet { return *d.podNet.Load() }, pods: pods,
+		warn: func(msg string, err error) { d.log.Warn(msg, zap.Error(err)) }}
+	ln, err := listen(d.cfg.Socket, d.socketGID)
 	if err != nil {
 		return err
 	}

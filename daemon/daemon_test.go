@@ -65,7 +65,12 @@ func newTestDaemon(t *testing.T, change func(*Config)) *testDaemon {
 	}
 	t.Cleanup(func() { alloc.Close() })
 	d.ipam = alloc
-	d.cni = &cniHandler{ipam: alloc, kernel: td.kernel, state: func() podNet { return *d.podNet.Load() }}
+	pods, err := openPodStore(filepath.Join(cfg.StateDir, "pods"))
+	if err != nil {
+		t.Fatalf("openPodStore: %v", err)
+	}
+	d.pods = pods
+	d.cni = &cniHandler{ipam: alloc, kernel: td.kernel, state: func() podNet { return *d.podNet.Load() }, pods: pods}
 	td.Daemon = d
 	return td
 }

@@ -23,9 +23,14 @@ import (
 // maxRequest bounds a request body; CNI configurations are a few KiB.
 const maxRequest = 1 << 20
 
-// listen opens the unix socket with mode 0600, creating its directory and
-// replacing a stale socket file left by a previous run.
-func listen(path string) (net.Listener, error) {
+// maxHeader bounds a request's header (431 above it): the API takes short
+// query strings only.
+const maxHeader = 16 << 10
+
+// listen opens the unix socket with mode 0600, or 0660 owned by group gid
+// when gid >= 0, creating its directory and replacing a stale socket file
+// left by a previous run.
+func listen(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("socket dir: %w", err)
 	}
@@ -36,7 +41,15 @@ func listen(path string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	mode := os.FileMode(0o600)
+	if gid >= 0 {
+		mode = 0o660
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("chown %s: %w", path, err)
+		}
+	}
+	if err := os.Chmod(path, mode); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("chmod %s: %w", path, err)
 	}
@@ -45,22 +58,39 @@ func listen(path string) (net.Listener, error) {
 
 func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST /v1/cni", d.serveCNI)
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, d.Status())
-	})
-	mux.HandleFunc("GET /v1/services", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, d.services.Load().apiServices())
-	})
-	mux.HandleFunc("GET /v1/ipam", func(w http.ResponseWriter, _ *http.Request) {
-		out := []api.Allocation{}
-		if d.ipam != nil {
-			for _, a := range d.ipam.List() {
-				out = append(out, api.Allocation{ContainerID: a.ContainerID, IfName: a.IfName,
-					Address: a.Addr.String(), Range: a.Range.String(), Created: a.Created})
+	known := map[string]string{"/v1/cni": "POST"}
+	mux.HandleFunc("POST /v1/cni", d.guard(accessRoot, d.serveCNI))
+	get := func(path string, view func() (any, error)) {
+		known[path] = "GET"
+		mux.HandleFunc("GET "+path, d.guard(accessRead, func(w http.ResponseWriter, r *http.Request) {
+			if len(r.URL.Query()) > 0 {
+				writeJSON(w, http.StatusBadRequest, &api.Error{Msg: "malformed request", Details: path + " takes no query parameters"})
+				return
 			}
+			v, err := view()
+			if err != nil {
+				writeJSON(w, http.StatusInternalServerError, &api.Error{Msg: "cannot read state", Details: err.Error()})
+				return
+			}
+			writeJSON(w, http.StatusOK, v)
+		}))
+	}
+	get("/v1/status", func() (any, error) { return d.Status(), nil })
+	get("/v1/services", func() (any, error) { return d.services.Load().apiServices(), nil })
+	get("/v1/ipam", func() (any, error) { return d.ipamView(), nil })
+	get("/v1/pods", func() (any, error) { return d.podsView() })
+	get("/v1/routes", func() (any, error) { return d.routesView() })
+	get("/v1/nft", func() (any, error) { return d.nftView() })
+	known["/v1/trace"] = "GET"
+	mux.HandleFunc("GET /v1/trace", d.guard(accessRead, d.serveTrace))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := known[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			writeJSON(w, http.StatusMethodNotAllowed, &api.Error{Msg: "method not allowed", Details: r.URL.Path + " takes " + m})
+			return
 		}
-		writeJSON(w, http.StatusOK, out)
+		writeJSON(w, http.StatusNotFound, &api.Error{Msg: "no such endpoint", Details: r.Method + " " + r.URL.Path +
+			" (API v1: GET /v1/status, /v1/ipam, /v1/pods, /v1/routes, /v1/services, /v1/nft, /v1/trace; POST /v1/cni)"})
 	})
 	return mux
 }
@@ -114,7 +144,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // serve runs the HTTP server until ctx ends, then drains it for up to 5 s.
 func (d *Daemon) serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+		MaxHeaderBytes: maxHeader, ConnContext: peerContext,
+		ErrorLog: zap.NewStdLog(d.log.Named("http"))}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

@@ -15,10 +15,25 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/podnet/podnet/daemon/api"
 	"github.com/podnet/podnet/daemon/client"
 )
+
+// rootServer serves d's API over TCP as if every caller were root (the unix
+// socket's peer credentials are what production checks; access_test.go
+// tests those).
+func rootServer(t *testing.T, d *Daemon) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(d.routes())
+	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
+		return context.WithValue(ctx, peerKey{}, peer{uid: 0})
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
 
 // post sends body to POST /v1/cni and decodes the reply into out.
 func post(t *testing.T, srv *httptest.Server, body []byte, out any) *http.Response {
@@ -48,7 +63,7 @@ func mustJSON(t *testing.T, v any) []byte {
 
 func TestServeCNIHTTP(t *testing.T) {
 	td := newTestDaemon(t, nil)
-	srv := httptest.NewServer(td.Daemon.routes())
+	srv := rootServer(t, td.Daemon)
 	defer srv.Close()
 
 	tests := []struct {
@@ -90,7 +105,7 @@ func TestServeCNIHTTP(t *testing.T) {
 
 func TestServeStatusAndIPAM(t *testing.T) {
 	td := newTestDaemon(t, nil)
-	srv := httptest.NewServer(td.Daemon.routes())
+	srv := rootServer(t, td.Daemon)
 	defer srv.Close()
 	td.cluster.Store(threeNodes())
 	if err := td.syncNode(); err != nil {
@@ -105,10 +120,15 @@ func TestServeStatusAndIPAM(t *testing.T) {
 	if s.Node != "node-a" || !s.Ready || s.Peers != 2 || s.Allocations != 1 || s.Bridge != "podnet0" || s.Version != Version {
 		t.Errorf("status = %+v", s)
 	}
-	var allocs []api.Allocation
-	getJSON(t, srv.URL+"/v1/ipam", &allocs)
+	var ipamView api.IPAM
+	getJSON(t, srv.URL+"/v1/ipam", &ipamView)
+	allocs := ipamView.Allocations
 	if len(allocs) != 1 || allocs[0].ContainerID != "c1" || allocs[0].IfName != "eth0" || allocs[0].Range != "10.244.0.0/24" {
 		t.Errorf("ipam = %+v", allocs)
+	}
+	wantRanges := []api.IPAMRange{{Range: "10.244.0.0/24", Gateway: "10.244.0.1", Size: 253, Used: 1, Free: 252}}
+	if diff := cmp.Diff(wantRanges, ipamView.Ranges); diff != "" {
+		t.Errorf("ipam ranges (-want +got):\n%s", diff)
 	}
 
 	resp, err := srv.Client().Get(srv.URL + "/v1/cni")
@@ -147,7 +167,7 @@ func TestClientOverUnixSocket(t *testing.T) {
 	if err := os.WriteFile(td.cfg.Socket, []byte("stale"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := listen(td.cfg.Socket)
+	ln, err := listen(td.cfg.Socket, -1)
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
@@ -181,8 +201,8 @@ func TestClientOverUnixSocket(t *testing.T) {
 		t.Errorf("ADD = %+v, %v", resp, err)
 	}
 	allocs, err := c.IPAM(context.Background())
-	if err != nil || len(allocs) != 1 {
-		t.Errorf("IPAM = %v, %v", allocs, err)
+	if err != nil || len(allocs.Allocations) != 1 {
+		t.Errorf("IPAM = %+v, %v", allocs, err)
 	}
 
 	cancel()

@@ -153,7 +153,7 @@ func TestRunProgramsValidServices(t *testing.T) {
 
 func TestServeServices(t *testing.T) {
 	td := newTestDaemon(t, nil)
-	srv := httptest.NewServer(td.Daemon.routes())
+	srv := rootServer(t, td.Daemon)
 	defer srv.Close()
 
 	var before api.Services

@@ -1,6 +1,7 @@
 package routing
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -18,6 +19,10 @@ type Fake struct {
 	// FailAddPod, when set, is returned by AddPod (to test rollback).
 	FailAddPod error
 	Syncs      int
+	// Probes are the probes Probe was asked to send; ProbeResult is the
+	// outcome it reports.
+	Probes      []ProbeSpec
+	ProbeResult string
 }
 
 var _ Interface = (*Fake)(nil)
@@ -120,3 +125,65 @@ func (f *Fake) ListHostLinks() ([]HostLink, error) {
 
 // MTUOf returns 1500.
 func (f *Fake) MTUOf(netip.Addr) (int, error) { return 1500, nil }
+
+var _ Looker = (*Fake)(nil)
+
+// RouteGet answers from the fake's state: a pod's namespace sends everything
+// to its gateway, a bridge gateway address is local, an address inside a
+// bridge range is on the bridge, one inside a route's destination goes via
+// its gateway (the longest prefix wins); anything else is unreachable.
+func (f *Fake) RouteGet(q Query) (Decision, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if q.NetNS != "" {
+		for _, p := range f.Pods {
+			if p.NetNS != q.NetNS {
+				continue
+			}
+			for i, a := range p.Addrs {
+				if a.Addr().Is4() == q.Dst.Is4() {
+					if a.Contains(q.Dst) {
+						return Decision{Type: "unicast", Dev: p.IfName, PrefSrc: a.Addr()}, nil
+					}
+					return Decision{Type: "unicast", Dev: p.IfName, Via: p.Gateways[i], PrefSrc: a.Addr()}, nil
+				}
+			}
+		}
+		return Decision{}, fmt.Errorf("route get %s in %s: network is unreachable", q.Dst, q.NetNS)
+	}
+	if f.Bridge != nil {
+		for _, g := range f.Bridge.Gateways {
+			if g.Addr() == q.Dst {
+				return Decision{Type: "local", Dev: "lo", PrefSrc: g.Addr()}, nil
+			}
+			if g.Contains(q.Dst) {
+				return Decision{Type: "unicast", Dev: f.Bridge.Name, PrefSrc: g.Addr()}, nil
+			}
+		}
+	}
+	best := -1
+	var d Decision
+	for dst, via := range f.Routes {
+		if dst.Contains(q.Dst) && dst.Bits() > best {
+			best, d = dst.Bits(), Decision{Type: "unicast", Dev: "eth0", Via: via}
+		}
+	}
+	if best < 0 {
+		return Decision{}, fmt.Errorf("route get %s: network is unreachable", q.Dst)
+	}
+	return d, nil
+}
+
+var _ Prober = (*Fake)(nil)
+
+// Probe records nothing and answers ProbeResult, or ProbeConnected when it is
+// empty.
+func (f *Fake) Probe(_ context.Context, p ProbeSpec) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Probes = append(f.Probes, p)
+	if f.ProbeResult != "" {
+		return f.ProbeResult, nil
+	}
+	return ProbeConnected, nil
+}

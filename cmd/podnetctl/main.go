@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -29,56 +30,123 @@ func main() {
 
 // command fetches one thing from podnetd and prints it as a table.
 type command struct {
-	fetch func(context.Context, *client.Client) (any, error)
+	help  string
+	fetch func(context.Context, *client.Client, *opts) (any, error)
 	table func(io.Writer, any) error
+}
+
+// options are the flags; every command accepts them before or after its name.
+type opts struct {
+	socket, output  string
+	timeout         time.Duration
+	from, to        string
+	noProbe         bool
+	completionShell string
 }
 
 var commands = map[string]command{
 	"status": {
-		fetch: func(ctx context.Context, c *client.Client) (any, error) { return c.Status(ctx) },
+		help:  "the daemon: node, source, sync state, counts",
+		fetch: func(ctx context.Context, c *client.Client, _ *opts) (any, error) { return c.Status(ctx) },
 		table: func(w io.Writer, v any) error { return printStatus(w, v.(*api.Status)) },
 	},
+	"ipam": {
+		help:  "pod ranges with used/free counts, and every allocation",
+		fetch: func(ctx context.Context, c *client.Client, _ *opts) (any, error) { return c.IPAM(ctx) },
+		table: func(w io.Writer, v any) error { return printIPAM(w, v.(*api.IPAM)) },
+	},
+	"pods": {
+		help:  "pod attachments on this node, with what does not add up",
+		fetch: func(ctx context.Context, c *client.Client, _ *opts) (any, error) { return c.Pods(ctx) },
+		table: func(w io.Writer, v any) error { return printPods(w, v.([]api.Pod)) },
+	},
+	"routes": {
+		help:  "routes to peer nodes' podCIDRs: desired against the kernel's",
+		fetch: func(ctx context.Context, c *client.Client, _ *opts) (any, error) { return c.Routes(ctx) },
+		table: func(w io.Writer, v any) error { return printRoutes(w, v.(*api.Routes)) },
+	},
 	"services": {
-		fetch: func(ctx context.Context, c *client.Client) (any, error) { return c.Services(ctx) },
+		help:  "services: each VIP and port with its endpoints; rejected and ignored ones",
+		fetch: func(ctx context.Context, c *client.Client, _ *opts) (any, error) { return c.Services(ctx) },
 		table: func(w io.Writer, v any) error { return printServices(w, v.(*api.Services)) },
+	},
+	"nft": {
+		help:  "podnet's nftables table as the kernel reports it",
+		fetch: func(ctx context.Context, c *client.Client, _ *opts) (any, error) { return c.NFT(ctx) },
+		table: func(w io.Writer, v any) error { _, err := io.WriteString(w, v.(*api.NFT).Text); return err },
+	},
+	"trace": {
+		help: "the path of a new connection: --from POD|IP --to IP|SERVICE[:PORT][/PROTO] [--no-probe]",
+		fetch: func(ctx context.Context, c *client.Client, o *opts) (any, error) {
+			if o.from == "" || o.to == "" {
+				return nil, errors.New("trace needs --from and --to")
+			}
+			return c.Trace(ctx, api.TraceQuery{From: o.from, To: o.to, NoProbe: o.noProbe})
+		},
+		table: func(w io.Writer, v any) error { return printTrace(w, v.(*api.Trace)) },
 	},
 }
 
 func run(args []string, out io.Writer) error {
+	var o opts
 	fs := flag.NewFlagSet("podnetctl", flag.ContinueOnError)
-	socket := fs.String("socket", api.DefaultSocket, "podnetd's unix socket")
-	output := fs.String("o", "table", "output: table or json")
-	timeout := fs.Duration("timeout", 5*time.Second, "time limit for the call")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: podnetctl [--socket PATH] [-o table|json] status|services")
-		fs.PrintDefaults()
-	}
+	fs.StringVar(&o.socket, "socket", api.DefaultSocket, "podnetd's unix socket")
+	fs.StringVar(&o.output, "o", "table", "output: table or json")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "time limit for the call")
+	fs.StringVar(&o.from, "from", "", "trace: the source pod (namespace/name, name, container ID) or address")
+	fs.StringVar(&o.to, "to", "", "trace: the destination address or service, [:port][/tcp|udp|sctp]")
+	fs.BoolVar(&o.noProbe, "no-probe", false, "trace: do not send a probe packet")
+	fs.Usage = func() { usage(fs) }
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cmd, ok := commands[fs.Arg(0)]
-	if fs.NArg() != 1 || !ok {
+	name := fs.Arg(0)
+	if name == "completion" {
+		if fs.NArg() != 2 {
+			return errors.New("usage: podnetctl completion bash|zsh|fish")
+		}
+		return completion(out, fs.Arg(1), fs)
+	}
+	cmd, ok := commands[name]
+	if ok { // flags may follow the command
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return err
+		}
+	}
+	if !ok || fs.NArg() != 0 {
 		fs.Usage()
 		return errors.New("unknown or missing command")
 	}
-	if *output != "table" && *output != "json" {
-		return fmt.Errorf("-o %q: want table or json", *output)
+	if o.output != "table" && o.output != "json" {
+		return fmt.Errorf("-o %q: want table or json", o.output)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
-	v, err := cmd.fetch(ctx, client.New(*socket, *timeout))
+	v, err := cmd.fetch(ctx, client.New(o.socket, o.timeout), &o)
 	if err != nil {
 		if errors.Is(err, api.ErrUnreachable) {
-			return fmt.Errorf("podnetd is not running or not reachable at %s (%w)", *socket, err)
+			return fmt.Errorf("podnetd is not running or not reachable at %s (%w)", o.socket, err)
 		}
 		return err
 	}
-	if *output == "json" {
+	if o.output == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
 	return cmd.table(out, v)
+}
+
+func usage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprintln(w, "usage: podnetctl [flags] COMMAND [flags]")
+	fmt.Fprintln(w, "\ncommands:")
+	for _, name := range slices.Sorted(maps.Keys(commands)) {
+		fmt.Fprintf(w, "  %-10s %s\n", name, commands[name].help)
+	}
+	fmt.Fprintf(w, "  %-10s %s\n", "completion", "print a shell completion script: bash, zsh or fish")
+	fmt.Fprintln(w, "\nflags:")
+	fs.PrintDefaults()
 }
 
 func printStatus(out io.Writer, st *api.Status) error {

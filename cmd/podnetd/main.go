@@ -48,6 +48,7 @@ func run(args []string) error {
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", cfg.Kubeconfig, "Kubernetes mode: kubeconfig of the API server to read Nodes, Services and EndpointSlices from")
 	fs.StringVar(&cfg.Source, "source", cfg.Source, "file or kube (default: kube with --kubeconfig, or in a pod without --cluster-file, which then uses the in-cluster config; file otherwise)")
 	fs.StringVar(&cfg.Socket, "socket", cfg.Socket, "unix socket for the CNI plugin and podnetctl")
+	fs.StringVar(&cfg.SocketGroup, "socket-group", cfg.SocketGroup, "group (name or gid) whose members may read the debug API on the socket (empty: root only)")
 	fs.StringVar(&cfg.StateDir, "state-dir", cfg.StateDir, "persistent state (IPAM)")
 	fs.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "where the CNI conflist is written")
 	fs.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "where CNI plugin binaries live")

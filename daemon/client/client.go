@@ -7,10 +7,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"syscall"
 	"time"
 
 	"github.com/podnet/podnet/daemon/api"
@@ -58,13 +61,53 @@ func (c *Client) Status(ctx context.Context) (*api.Status, error) {
 	return &s, nil
 }
 
-// IPAM lists the daemon's address allocations.
-func (c *Client) IPAM(ctx context.Context) ([]api.Allocation, error) {
-	var out []api.Allocation
+// IPAM fetches the pod ranges with their occupancy and every allocation.
+func (c *Client) IPAM(ctx context.Context) (*api.IPAM, error) {
+	var out api.IPAM
 	if err := c.do(ctx, http.MethodGet, "/v1/ipam", nil, &out); err != nil {
 		return nil, err
 	}
+	return &out, nil
+}
+
+// Pods lists the pod attachments of the node.
+func (c *Client) Pods(ctx context.Context) ([]api.Pod, error) {
+	var out []api.Pod
+	if err := c.do(ctx, http.MethodGet, "/v1/pods", nil, &out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// Routes fetches the peer routes, desired against the kernel's.
+func (c *Client) Routes(ctx context.Context) (*api.Routes, error) {
+	var out api.Routes
+	if err := c.do(ctx, http.MethodGet, "/v1/routes", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// NFT fetches podnet's nftables table as the kernel reports it.
+func (c *Client) NFT(ctx context.Context) (*api.NFT, error) {
+	var out api.NFT
+	if err := c.do(ctx, http.MethodGet, "/v1/nft", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Trace asks for the path of a new connection.
+func (c *Client) Trace(ctx context.Context, q api.TraceQuery) (*api.Trace, error) {
+	v := url.Values{"from": {q.From}, "to": {q.To}}
+	if q.NoProbe {
+		v.Set("probe", "false")
+	}
+	var out api.Trace
+	if err := c.do(ctx, http.MethodGet, "/v1/trace?"+v.Encode(), nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
 }
 
 // Services lists the services the daemon programmed and those it left out.
@@ -91,6 +134,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.http.Do(req)
+	if errors.Is(err, syscall.EACCES) {
+		return fmt.Errorf("%w: cannot open %s (run as root, or as a member of the group podnetd's --socket-group names): %w", api.ErrAccessDenied, c.Socket, err)
+	}
 	if err != nil {
 		return fmt.Errorf("%w at %s: %w", api.ErrUnreachable, c.Socket, err)
 	}
@@ -103,6 +149,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		e := &api.Error{}
 		if json.Unmarshal(data, e) != nil || e.Msg == "" {
 			return &api.Error{Code: 999, Msg: fmt.Sprintf("podnetd: HTTP %d", resp.StatusCode), Details: string(data)}
+		}
+		if resp.StatusCode == http.StatusForbidden {
+			return fmt.Errorf("%w: %s", api.ErrAccessDenied, e.Details)
 		}
 		return e
 	}

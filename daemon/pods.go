@@ -1,0 +1,149 @@
+package daemon
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// podRecord is what a successful CNI ADD knew about a pod that neither IPAM
+// nor the kernel keeps: its network namespace path and its Kubernetes name.
+// The debug API lists pods from these records, and trace sends its probe from
+// the namespace recorded here.
+type podRecord struct {
+	ContainerID string    `json:"containerID"`
+	IfName      string    `json:"ifName"`
+	NetNS       string    `json:"netns"`
+	Namespace   string    `json:"namespace,omitempty"`
+	Name        string    `json:"name,omitempty"`
+	HostVeth    string    `json:"hostVeth"`
+	Addresses   []string  `json:"addresses"`
+	Created     time.Time `json:"created"`
+}
+
+type podKey struct{ containerID, ifName string }
+
+// podStore keeps one JSON file per attachment under dir, written atomically
+// at ADD and removed at DEL and GC, and a copy in memory. A record that cannot
+// be written costs the debug view of the pod, never the pod: callers log the
+// error and go on.
+type podStore struct {
+	dir string
+	mu  sync.Mutex
+	m   map[podKey]podRecord
+}
+
+// openPodStore loads the records under dir, creating it. Unreadable or
+// malformed records are skipped and returned as one error, after the rest
+// is loaded.
+func openPodStore(dir string) (*podStore, error) {
+	s := &podStore{dir: dir, m: map[podKey]podRecord{}}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pod records: %w", err)
+	}
+	names, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, name := range names {
+		data, err := os.ReadFile(name)
+		var r podRecord
+		if err == nil {
+			err = json.Unmarshal(data, &r)
+		}
+		if err == nil && (r.ContainerID == "" || r.IfName == "") {
+			err = errors.New("no container ID or interface name")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("pod record %s: %w", name, err))
+			continue
+		}
+		s.m[podKey{r.ContainerID, r.IfName}] = r
+	}
+	return s, errors.Join(errs...)
+}
+
+// fileName is a record's file: a hash, since container IDs come from the
+// runtime and may hold any byte.
+func (s *podStore) fileName(k podKey) string {
+	h := sha256.Sum256([]byte(k.containerID + "\x00" + k.ifName))
+	return filepath.Join(s.dir, hex.EncodeToString(h[:12])+".json")
+}
+
+// put stores r, replacing the record of the same attachment.
+func (s *podStore) put(r podRecord) error {
+	if s == nil {
+		return nil
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	k := podKey{r.ContainerID, r.IfName}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[k] = r
+	if _, err := writeFileAtomic(s.fileName(k), data, 0o600); err != nil {
+		return fmt.Errorf("pod record: %w", err)
+	}
+	return nil
+}
+
+// remove deletes the record of an attachment; a missing one is no error.
+func (s *podStore) remove(containerID, ifName string) error {
+	if s == nil {
+		return nil
+	}
+	k := podKey{containerID, ifName}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, k)
+	if err := os.Remove(s.fileName(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("pod record: %w", err)
+	}
+	return nil
+}
+
+// list returns the records sorted by pod name, then container ID.
+func (s *podStore) list() []podRecord {
+	if s == nil {
+		return nil
+	}
+	s.mu.Lock()
+	out := make([]podRecord, 0, len(s.m))
+	for _, r := range s.m {
+		out = append(out, r)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b podRecord) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name),
+			cmp.Compare(a.ContainerID, b.ContainerID), cmp.Compare(a.IfName, b.IfName))
+	})
+	return out
+}
+
+// cniArgs reads the K8S_POD_NAMESPACE and K8S_POD_NAME of CNI_ARGS
+// ("K=V;K=V"); the rest is ignored.
+func cniArgs(args string) (namespace, name string) {
+	for _, kv := range strings.Split(args, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			namespace = v
+		case "K8S_POD_NAME":
+			name = v
+		}
+	}
+	return namespace, name
+}
