@@ -159,7 +159,10 @@ func (d *Daemon) healthHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !d.life.ready.Load() {
 			reason := "first sync not done"
-			if e := d.Status().LastError; e != "" {
+			d.mu.Lock() // not Status: probes come before Run has set up IPAM
+			e := d.status.LastError
+			d.mu.Unlock()
+			if e != "" {
 				reason += ": " + e
 			}
 			http.Error(w, "not ready: "+reason, http.StatusServiceUnavailable)
