@@ -55,8 +55,12 @@ type Config struct {
 	// CNIBinDir at start when it differs; empty: the plugin is installed by
 	// other means.
 	CNIPluginSrc string
-	// HealthAddr is the host:port of the HTTP /healthz and /readyz endpoints;
-	// empty: not served.
+	// MetricsAddr is the host:port of the HTTP listener serving /metrics
+	// (Prometheus, docs/metrics.md), /healthz and /readyz; empty: not served.
+	MetricsAddr string
+	// HealthAddr is the deprecated name of MetricsAddr, kept for existing
+	// deployments: set alone, it serves all three endpoints too. Validate
+	// rejects both set to different addresses.
 	HealthAddr string
 	// SysctlDir is where the net.* sysctls are written: /proc/sys, or in a
 	// container (whose /proc/sys is read-only) a directory holding a

@@ -195,20 +195,21 @@ func stillStale(f conntrack.Filter, serving map[endpointPort]bool) bool {
 
 // cleanConntrack deletes the conntrack entries left stale by the change to the
 // programmed services, after a sync that programmed the table from c. Failures are
-// logged and counted in the status, never returned: the filters are retried at
-// the next sync.
-func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service) {
+// logged, counted in the status and returned for the metrics only: they do not
+// fail the sync, and the filters are retried at the next one.
+func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service) error {
 	cl := d.ctClean
 	if cl == nil {
-		return
+		return nil
 	}
 	filters := cl.next(c, programmed)
 	if len(filters) == 0 {
-		return
+		return nil
 	}
 	start := time.Now()
 	n, err := cl.ct.Delete(filters)
 	cl.pending = nil
+	d.metrics.ctDeleted.Add(float64(n))
 	d.mu.Lock()
 	d.status.ConntrackDeleted += uint64(n)
 	d.status.ConntrackLastError = ""
@@ -228,4 +229,5 @@ func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service) {
 		d.log.Info("stale conntrack entries deleted", fields...)
 	}
 	d.log.Debug("conntrack delete filters", zap.Stringers("filters", filters))
+	return err
 }

@@ -77,6 +77,8 @@ type Daemon struct {
 
 	// life is readiness for /readyz and systemd's READY=1 (health.go).
 	life lifecycle
+	// metrics are served on /metrics (metrics.go).
+	metrics *metrics
 
 	// socketGID is the group of --socket-group, -1 without one (access.go).
 	socketGID int
@@ -118,6 +120,7 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 	}
 	d.socketGID = gid
 	d.podNet.Store(&podNet{Reason: "first sync not done"})
+	d.metrics = newMetrics(d.life.ready.Load)
 	d.status = api.Status{Version: Version, Node: cfg.NodeName, Source: d.source.Name(), Bridge: cfg.Bridge, StartedAt: time.Now()}
 	if deps.Conntrack != nil {
 		d.ctClean = &conntrackCleaner{ct: deps.Conntrack}
@@ -357,6 +360,7 @@ func (d *Daemon) recordSync(start time.Time, err error) {
 	if err != nil {
 		d.status.LastError = err.Error()
 	}
+	d.metrics.nodeSynced(time.Since(start), err)
 }
 
 // syncNode makes the kernel match the cluster state: IPAM ranges, bridge, peer
@@ -373,37 +377,50 @@ func (d *Daemon) syncNode() error {
 		d.podNet.Store(&podNet{Reason: "node has no podCIDR"})
 		return fmt.Errorf("node %s has %w", node.Name, errNoPodCIDR)
 	}
+	steps := d.metrics.steps() // each step's duration and result (metrics.go)
 	if !slices.Equal(d.ipam.Ranges(), node.PodCIDRs) {
 		if err := d.ipam.SetRanges(node.PodCIDRs); err != nil {
-			return fmt.Errorf("ipam ranges: %w", err)
+			return steps.done(ctlIPAM, fmt.Errorf("ipam ranges: %w", err))
 		}
 		d.log.Info("pod ranges changed", zap.Any("podCIDRs", node.PodCIDRs))
 	}
+	d.metrics.setIPAM(d.ipam.Stats())
+	steps.done(ctlIPAM, nil)
 	if err := d.setForwarding(node.PodCIDRs); err != nil {
-		return err
+		return steps.done(ctlBridge, err)
 	}
 	mtu := d.mtu(node)
 	if err := d.kernel.EnsureBridge(routing.Bridge{Name: d.cfg.Bridge, Gateways: gateways(node.PodCIDRs), MTU: mtu}); err != nil {
-		return err
+		return steps.done(ctlBridge, err)
 	}
+	steps.done(ctlBridge, nil)
 	routes, skipped := desiredRoutes(c, node.Name)
 	for _, e := range skipped {
 		d.log.Warn("peer route skipped", zap.Error(e))
 	}
 	ch, routeErr := d.kernel.SyncRoutes(routes)
 	d.logRouteChanges(ch)
+	d.metrics.routesSynced(routes, ch, routeErr)
+	steps.done(ctlRoutes, routeErr)
 	state := desiredNFT(c, node.Name, d.stateBuf)
 	d.stateBuf = state.Services
 	nftSkipped, nftErr := splitSkipped(d.nft.Sync(state))
+	steps.done(ctlServices, nftErr)
 	if nftErr == nil { // the table holds this state, less what it skipped
 		v := newServiceView(c, nftSkipped)
 		d.logRefused(d.services.Swap(v), v)
-		d.cleanConntrack(c, v.programmed)
+		d.metrics.setServices(v)
+		ctErr := d.cleanConntrack(c, v.programmed)
+		if d.ctClean != nil {
+			steps.done(ctlConntrack, ctErr)
+		}
 	}
 	if r, ok := d.kernel.(interface{ Reap() error }); ok {
-		if err := r.Reap(); err != nil { // pods retired before a crash
+		err := r.Reap()
+		if err != nil { // pods retired before a crash
 			d.log.Warn("deleting retired pod links failed", zap.Error(err))
 		}
+		steps.done(ctlReap, err)
 	}
 	d.podNet.Store(&podNet{Ready: true, Bridge: d.cfg.Bridge, MTU: mtu})
 	d.mu.Lock()
@@ -412,6 +429,7 @@ func (d *Daemon) syncNode() error {
 	d.status.Ready = true
 	d.mu.Unlock()
 	confErr := d.writeCNIConfig()
+	steps.done(ctlCNIConfig, confErr)
 	return errors.Join(routeErr, nftErr, confErr)
 }
 

@@ -17,6 +17,8 @@ func TestValidateDeployment(t *testing.T) {
 		func(c *Config) { c.HealthAddr = "127.0.0.1:9765" },
 		func(c *Config) { c.HealthAddr = ":9765" },
 		func(c *Config) { c.HealthAddr = "[::1]:0" },
+		func(c *Config) { c.MetricsAddr = "[192.0.2.1]:9765" }, // the DaemonSet's [$(NODE_IP)]
+		func(c *Config) { c.MetricsAddr, c.HealthAddr = "127.0.0.1:9765", "127.0.0.1:9765" },
 		func(c *Config) { c.SysctlDir = "/host/proc/sys" },
 	} {
 		c := validConfig()
@@ -35,6 +37,9 @@ func TestValidateDeployment(t *testing.T) {
 		{"health addr without port", func(c *Config) { c.HealthAddr = "127.0.0.1" }, "--health-addr"},
 		{"health port not a number", func(c *Config) { c.HealthAddr = "127.0.0.1:http" }, "--health-addr"},
 		{"health port too large", func(c *Config) { c.HealthAddr = "127.0.0.1:65536" }, "--health-addr"},
+		{"metrics addr without port", func(c *Config) { c.MetricsAddr = "127.0.0.1" }, "--metrics-addr"},
+		{"metrics port not a number", func(c *Config) { c.MetricsAddr = "127.0.0.1:metrics" }, "--metrics-addr"},
+		{"health and metrics addrs differ", func(c *Config) { c.MetricsAddr, c.HealthAddr = "127.0.0.1:9765", "127.0.0.1:9766" }, "--health-addr"},
 		{"empty sysctl dir", func(c *Config) { c.SysctlDir = "" }, "--sysctl-dir"},
 		{"relative sysctl dir", func(c *Config) { c.SysctlDir = "proc/sys" }, "--sysctl-dir"},
 	}

@@ -15,7 +15,7 @@ import (
 )
 
 // lifecycle is how podnetd tells its supervisor how it is doing: readiness
-// once a sync succeeded, served on /readyz (--health-addr) and sent to systemd
+// once a sync succeeded, served on /readyz (--metrics-addr) and sent to systemd
 // as READY=1; liveness on /healthz; a STATUS= line for `systemctl status`.
 type lifecycle struct {
 	// ready: a sync succeeded. It stays set: later failures are retried
@@ -23,28 +23,32 @@ type lifecycle struct {
 	ready atomic.Bool
 	// syncStart is when the running sync started (UnixNano), 0 between syncs.
 	syncStart atomic.Int64
-	// addr is the health listener's address (a net.Addr); unset when not
-	// served.
+	// addr is the address of the listener of /metrics, /healthz and /readyz
+	// (a net.Addr); unset when not served.
 	addr atomic.Value
 
 	mu         sync.Mutex
 	lastStatus string // the last STATUS= sent
 }
 
-// startLifecycle serves the health endpoints when --health-addr is set (a
-// port already in use is a start-up error) and tells systemd that podnetd is
-// starting, then that it is stopping once ctx ends. stop closes the listener.
+// startLifecycle serves the metrics and health endpoints when --metrics-addr
+// (or the deprecated --health-addr) is set (a port already in use is a
+// start-up error) and tells systemd that podnetd is starting, then that it is
+// stopping once ctx ends. stop closes the listener.
 func (d *Daemon) startLifecycle(ctx context.Context) (stop func(), err error) {
 	var srv *http.Server
-	if d.cfg.HealthAddr != "" {
-		ln, err := net.Listen("tcp", d.cfg.HealthAddr)
+	if addr := d.cfg.metricsAddr(); addr != "" {
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, fmt.Errorf("health endpoints: %w", err)
+			return nil, fmt.Errorf("metrics and health endpoints: %w", err)
 		}
 		d.life.addr.Store(ln.Addr())
-		srv = &http.Server{Handler: d.healthHandler(), ReadHeaderTimeout: 5 * time.Second}
+		srv = &http.Server{Handler: d.metricsHandler(), ReadHeaderTimeout: 5 * time.Second}
 		go srv.Serve(ln) // returns when closed
-		d.log.Info("serving /healthz and /readyz", zap.Stringer("addr", ln.Addr()))
+		d.log.Info("serving /metrics, /healthz and /readyz", zap.Stringer("addr", ln.Addr()))
+		if d.cfg.HealthAddr != "" {
+			d.log.Warn("--health-addr is deprecated: use --metrics-addr, which serves /healthz and /readyz too")
+		}
 	}
 	if notifySocket() != "" {
 		d.sendStatus("starting", false)
@@ -159,7 +163,10 @@ func (d *Daemon) healthHandler() http.Handler {
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !d.life.ready.Load() {
 			reason := "first sync not done"
-			if e := d.Status().LastError; e != "" {
+			d.mu.Lock() // not Status: probes come before Run has set up IPAM
+			e := d.status.LastError
+			d.mu.Unlock()
+			if e != "" {
 				reason += ": " + e
 			}
 			http.Error(w, "not ready: "+reason, http.StatusServiceUnavailable)

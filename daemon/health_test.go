@@ -235,3 +235,64 @@ func mustConflist(t *testing.T, cfg Config) []byte {
 	}
 	return b
 }
+
+// heldNFT is an nft.Fake whose Sync waits until release is closed.
+type heldNFT struct {
+	*nft.Fake
+	release chan struct{}
+}
+
+func (h heldNFT) Sync(s nft.State) error {
+	<-h.release
+	return h.Fake.Sync(s)
+}
+
+// Probes during start-up, while Run sets up IPAM and the first sync is held
+// back, are served without a data race (go test -race: /readyz once read
+// the status through Status, which reads the allocator Run sets).
+func TestProbesDuringStart(t *testing.T) {
+	dir := t.TempDir()
+	cfg := validConfig()
+	cfg.ClusterFile = filepath.Join(dir, "cluster.yaml")
+	cfg.Socket = filepath.Join(dir, "podnet.sock")
+	cfg.StateDir = filepath.Join(dir, "state")
+	cfg.CNIConfDir = filepath.Join(dir, "net.d")
+	cfg.HealthAddr = "127.0.0.1:0"
+	if err := os.WriteFile(cfg.ClusterFile, []byte(servicesCluster), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	table := heldNFT{Fake: &nft.Fake{}, release: make(chan struct{})}
+	d, err := New(cfg, zap.NewNop(), Deps{Kernel: routing.NewFake(), NFT: table})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.sysctl = func(string, string) error { return nil }
+	probed := make(chan int)
+	go func() { // from before the listener exists until podnetd is ready
+		n := 0
+		for !d.life.ready.Load() {
+			addr, _ := d.life.addr.Load().(net.Addr)
+			if addr == nil {
+				continue
+			}
+			for _, path := range []string{"/readyz", "/healthz"} {
+				if resp, err := http.Get("http://" + addr.String() + path); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if n++; n == 20 {
+						close(table.release) // the first sync goes on
+					}
+				}
+			}
+		}
+		probed <- n
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	<-probed
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+}

@@ -103,10 +103,13 @@ func (d *Daemon) serveCNI(w http.ResponseWriter, r *http.Request) {
 		err = json.Unmarshal(body, &req)
 	}
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, cniErr(types.ErrDecodingFailure, "malformed request", err))
+		cerr := cniErr(types.ErrDecodingFailure, "malformed request", err)
+		d.cniServed(req.Command, start, cerr) // metrics.go
+		writeJSON(w, http.StatusBadRequest, cerr)
 		return
 	}
 	resp, cerr := d.cni.Serve(req)
+	d.cniServed(req.Command, start, cerr) // metrics.go
 	log := d.log.With(zap.String("command", req.Command), zap.String("container", req.ContainerID),
 		zap.String("ifName", req.IfName), zap.Duration("took", time.Since(start)))
 	if cerr != nil {

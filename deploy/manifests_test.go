@@ -207,9 +207,21 @@ func TestDaemonSet(t *testing.T) {
 		}
 	}
 
-	host, port, err := net.SplitHostPort(args["health-addr"])
+	// One listener for /metrics and the probes, at the node's address: under
+	// hostNetwork the pod's IP, where the kubelet probes and Prometheus scrapes.
+	if v, ok := args["health-addr"]; ok {
+		t.Errorf("--health-addr %q: deprecated, --metrics-addr serves the probes", v)
+	}
+	host, port, err := net.SplitHostPort(args["metrics-addr"])
 	if err != nil {
-		t.Fatalf("--health-addr %q: %v", args["health-addr"], err)
+		t.Fatalf("--metrics-addr %q: %v", args["metrics-addr"], err)
+	}
+	if host != "$(NODE_IP)" || !hasFieldEnv(c.Env, "NODE_IP", "status.hostIP") {
+		t.Errorf("--metrics-addr %q, env %+v; want the node's address, $(NODE_IP) from status.hostIP", args["metrics-addr"], c.Env)
+	}
+	i := slices.IndexFunc(c.Ports, func(p corev1.ContainerPort) bool { return p.Name == "metrics" })
+	if i < 0 || strconv.Itoa(int(c.Ports[i].ContainerPort)) != port || c.Ports[i].Protocol != corev1.ProtocolTCP {
+		t.Errorf("container ports %+v, want metrics: TCP %s (--metrics-addr)", c.Ports, port)
 	}
 	for probe, p := range map[string]*corev1.Probe{"/healthz": c.LivenessProbe, "/readyz": c.ReadinessProbe} {
 		if p == nil || p.HTTPGet == nil {
@@ -217,12 +229,13 @@ func TestDaemonSet(t *testing.T) {
 			continue
 		}
 		g := p.HTTPGet
-		if g.Path != probe || g.Host != host || g.Port.String() != port {
-			t.Errorf("probe %s: %s:%s%s, want %s:%s%s (--health-addr)", probe, g.Host, g.Port.String(), g.Path, host, port, probe)
+		if g.Path != probe || g.Host != "" || g.Port.String() != "metrics" {
+			t.Errorf("probe %s: %s:%s%s, want the pod's IP, port metrics (--metrics-addr)", probe, g.Host, g.Port.String(), g.Path)
 		}
 	}
-	if _, err := strconv.Atoi(port); err != nil || host == "" || host == "0.0.0.0" {
-		t.Errorf("--health-addr %q: want a loopback host and a port", args["health-addr"])
+	ann := ds.Spec.Template.Annotations
+	if ann["prometheus.io/scrape"] != "true" || ann["prometheus.io/port"] != port || ann["prometheus.io/path"] != "/metrics" {
+		t.Errorf("pod annotations %v, want prometheus.io/scrape true, port %s, path /metrics", ann, port)
 	}
 }
 

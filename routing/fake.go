@@ -69,6 +69,14 @@ func (f *Fake) SyncRoutes(desired []Route) (RouteChanges, error) {
 	return ch, nil
 }
 
+// DeleteRoute deletes the route to dst, as someone changing the kernel
+// behind podnet's back would; safe while the Fake is in use.
+func (f *Fake) DeleteRoute(dst netip.Prefix) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.Routes, dst)
+}
+
 // ListRoutes returns Routes.
 func (f *Fake) ListRoutes() ([]Route, error) {
 	f.mu.Lock()

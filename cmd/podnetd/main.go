@@ -61,7 +61,8 @@ func run(args []string) error {
 	fs.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "debug, info, warn or error")
 	// Deployment (daemon/deploy.go).
 	fs.StringVar(&cfg.CNIPluginSrc, "cni-plugin-src", cfg.CNIPluginSrc, "CNI plugin binary to copy into --cni-bin-dir at start when it differs (empty: installed by other means)")
-	fs.StringVar(&cfg.HealthAddr, "health-addr", cfg.HealthAddr, "host:port serving HTTP /healthz and /readyz (empty: off)")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, "host:port serving HTTP /metrics (Prometheus), /healthz and /readyz (empty: off)")
+	fs.StringVar(&cfg.HealthAddr, "health-addr", cfg.HealthAddr, "deprecated: the old name of --metrics-addr, which serves /healthz and /readyz too")
 	fs.StringVar(&cfg.SysctlDir, "sysctl-dir", cfg.SysctlDir, "where net.* sysctls are written; in a container, a dir holding a read-write mount of the host's /proc/sys/net at net/")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
