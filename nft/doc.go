@@ -8,5 +8,6 @@
 //
 // Table is the kernel implementation of Interface and Fake the in-memory one.
 // Render gives the ruleset text both stand for, as `nft list table inet podnet`
-// prints it.
+// prints it; List (see Lister) reads the table back from the kernel and prints it
+// the same way.
 package nft

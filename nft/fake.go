@@ -1,6 +1,10 @@
 package nft
 
-import "sync"
+import (
+	"maps"
+	"slices"
+	"sync"
+)
 
 // Fake is an in-memory Interface for tests of code that uses the table. The zero
 // value is ready: it has no table. Methods are safe for concurrent use.
@@ -73,4 +77,38 @@ func (f *Fake) Dump() string {
 		return ""
 	}
 	return Render(*f.state)
+}
+
+// List returns the Listing of the last synced State: the text of Render, the
+// layout's rules with handle 0, and the number of elements of each set. It
+// fails with ErrNoTable before the first Sync and after Cleanup.
+func (f *Fake) List() (*Listing, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == nil {
+		return nil, ErrNoTable
+	}
+	d, _ := normalize(*f.state)
+	l := &Listing{Text: d.render()}
+	for _, spec := range setSpecs {
+		n := len(d.addrs[spec.name])
+		switch {
+		case spec.svc:
+			n = len(d.svc.elems[spec.name])
+		case spec.interval:
+			n = len(d.prefixes[spec.name])
+		}
+		l.Sets = append(l.Sets, ListedSet{Name: spec.name, Elements: n})
+	}
+	for _, def := range chainDefs {
+		for _, r := range def.rules() {
+			l.Rules = append(l.Rules, ListedRule{Chain: def.chain.Name, Text: r.text})
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.svc.chains)) {
+		for _, r := range countChainRules(d.svc.chains[name]) {
+			l.Rules = append(l.Rules, ListedRule{Chain: name, Text: r.text})
+		}
+	}
+	return l, nil
 }
