@@ -13,6 +13,7 @@ import (
 
 	"github.com/podnet/podnet/daemon/api"
 	"github.com/podnet/podnet/ipam"
+	"github.com/podnet/podnet/nft"
 )
 
 // The debug API's views (GET /v1/...). Each reads the daemon's state and,
@@ -189,4 +190,24 @@ func (d *Daemon) serveTrace(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeJSON(w, http.StatusOK, tr)
 	}
+}
+
+// nftView reads podnet's table from the kernel (nft.Table.List).
+func (d *Daemon) nftView() (api.NFT, error) {
+	l, ok := d.nft.(nft.Lister)
+	if !ok {
+		return api.NFT{}, errors.New("this nftables backend cannot list its table")
+	}
+	listing, err := l.List()
+	if err != nil {
+		return api.NFT{}, err
+	}
+	out := api.NFT{Table: "inet " + nft.TableName, Text: listing.Text, Sets: []api.NFTSet{}, Rules: []api.NFTRule{}}
+	for _, s := range listing.Sets {
+		out.Sets = append(out.Sets, api.NFTSet{Name: s.Name, Elements: s.Elements})
+	}
+	for _, r := range listing.Rules {
+		out.Rules = append(out.Rules, api.NFTRule{Chain: r.Chain, Handle: r.Handle, Text: r.Text})
+	}
+	return out, nil
 }

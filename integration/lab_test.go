@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podnet/podnet/daemon/api"
 	"github.com/podnet/podnet/integration/lab"
 	"github.com/podnet/podnet/integration/sandbox"
 )
@@ -109,5 +110,50 @@ func checkReport(t *testing.T, rep lab.Report, source string) {
 	}
 	if len(clientNodes) != 3 {
 		t.Fatalf("service clients on nodes %v, want every node", clientNodes)
+	}
+	checkTraces(t, rep.Traces)
+}
+
+// checkTraces asserts that each journey was traced with the right answer and
+// an nftrace'd probe that agrees: pod → pod on one node stays on the bridge,
+// across nodes goes via the peer's address, pod → service may reach both web
+// endpoints and the probe's DNAT chose one of them, the service without
+// endpoints rejects (the probe's connection refused).
+func checkTraces(t *testing.T, traces []lab.TraceCheck) {
+	t.Helper()
+	want := map[lab.Journey]string{
+		lab.PodPodSameNode: api.TraceDelivered, lab.PodPodCrossNode: api.TraceDelivered,
+		lab.PodService: api.TraceDelivered, lab.NoEndpoints: api.TraceRejected,
+	}
+	if len(traces) != len(want) {
+		t.Fatalf("%d traces, want %d", len(traces), len(want))
+	}
+	for _, c := range traces {
+		if !c.OK() {
+			t.Errorf("trace %s: %v", c.Journey, c.Problems())
+			continue
+		}
+		tr := c.Trace
+		if tr.Outcome != want[c.Journey] {
+			t.Errorf("trace %s: outcome %s, want %s", c.Journey, tr.Outcome, want[c.Journey])
+		}
+		crossed := slices.ContainsFunc(tr.Hops, func(h api.Hop) bool { return strings.HasPrefix(h.Where, "node node") })
+		if crossed != (c.Journey == lab.PodPodCrossNode) && c.Journey != lab.PodService {
+			t.Errorf("trace %s: crosses to another node = %v\n%+v", c.Journey, crossed, tr.Hops)
+		}
+		switch c.Journey {
+		case lab.PodService:
+			if tr.Probe.DNAT == "" || !slices.Contains(tr.Endpoints, tr.Probe.DNAT) || tr.Probe.Result != "connected" {
+				t.Errorf("trace %s: probe %+v, want connected with a DNAT to one of %v", c.Journey, tr.Probe, tr.Endpoints)
+			}
+		case lab.NoEndpoints:
+			if tr.Probe.Result != "refused" || tr.Probe.DNAT != "" {
+				t.Errorf("trace %s: probe %+v, want refused without DNAT", c.Journey, tr.Probe)
+			}
+		default:
+			if tr.Probe.Result != "connected" || tr.Probe.DNAT != "" {
+				t.Errorf("trace %s: probe %+v, want connected without DNAT", c.Journey, tr.Probe)
+			}
+		}
 	}
 }

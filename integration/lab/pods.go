@@ -45,7 +45,10 @@ func (n *Node) ConfList() (*libcni.NetworkConfigList, error) {
 
 // RuntimeConf is the CNI runtime configuration of the pod's eth0.
 func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
-	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: p.NS.Path, IfName: "eth0"}
+	// The pod's name as kubelet passes it: podnetd records it, and `podnetctl
+	// trace --from default/<name>` finds the pod by it.
+	return &libcni.RuntimeConf{ContainerID: p.ContainerID, NetNS: p.NS.Path, IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", p.Name}}}
 }
 
 // CNI returns the lab's libcni client.

@@ -17,6 +17,7 @@ type Report struct {
 	Sources  []string
 	Checks   []Check        // the connectivity matrix
 	Services []ServiceCheck // pod → service through the ClusterIP
+	Traces   []TraceCheck   // podnetctl trace of each journey
 }
 
 // Run is the lab's main job: bring the cluster up, attach PodsPerNode pods to
@@ -69,13 +70,23 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if o.Log != nil && len(rep.Services) > 0 {
 		PrintServiceChecks(o.Log, rep.Services)
 	}
+	rep.Traces, err = l.traceJourneys(ctx)
+	if err != nil {
+		l.Down(ctx)
+		return rep, err
+	}
+	traceFailed := countFailed(rep.Traces, TraceCheck.OK)
+	if o.Log != nil && len(rep.Traces) > 0 {
+		PrintTraces(o.Log, rep.Traces)
+	}
 	l.logf("▸ tearing down: CNI DEL for every pod (twice, second with the netns gone)")
 	delErr := l.DelAllPods(ctx)
 	leakErr := l.CheckNoLeaks(ctx)
 	l.Down(ctx)
 	switch {
-	case failed > 0 || svcFailed > 0:
-		return rep, fmt.Errorf("%d of %d connectivity checks and %d of %d service checks failed", failed, len(rep.Checks), svcFailed, len(rep.Services))
+	case failed > 0 || svcFailed > 0 || traceFailed > 0:
+		return rep, fmt.Errorf("%d of %d connectivity checks, %d of %d service checks and %d of %d traces failed",
+			failed, len(rep.Checks), svcFailed, len(rep.Services), traceFailed, len(rep.Traces))
 	case delErr != nil:
 		return rep, delErr
 	case leakErr != nil:
@@ -107,6 +118,24 @@ func (l *Lab) serviceJourney(ctx context.Context) ([]ServiceCheck, error) {
 	l.logf("\n▸ service %s (ClusterIP %s, TCP %d → %d, endpoints %s) %s; programmed on every node in %s",
 		svc.Name, svc.VIP, svc.Port, svc.TargetPort, strings.Join(svc.EndpointNames(), ", "), l.PublishedText(svc), time.Since(start).Round(time.Millisecond))
 	return l.CheckServices(), nil
+}
+
+// traceJourneys adds the service without endpoints next to web, then traces
+// each journey from its source pod's node (the web servers still serve).
+func (l *Lab) traceJourneys(ctx context.Context) ([]TraceCheck, error) {
+	if len(l.Services) == 0 {
+		return nil, nil
+	}
+	web := l.Services[0]
+	if err := l.ApplyServices(ctx, web, EmptyService()); err != nil {
+		return nil, err
+	}
+	checks, err := l.traceChecks(web)
+	if err != nil {
+		l.logf("▸ skipping the traces: %v", err)
+		return nil, nil
+	}
+	return l.Traces(ctx, checks), nil
 }
 
 func countFailed[T any](checks []T, ok func(T) bool) int {

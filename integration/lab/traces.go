@@ -13,12 +13,9 @@ import (
 	"github.com/podnet/podnet/daemon/client"
 )
 
-// PodServiceTrace and NoEndpoints are the trace journeys the matrix does not
-// have.
-const (
-	PodService  Journey = "pod → service"
-	NoEndpoints Journey = "pod → service without endpoints"
-)
+// NoEndpoints is the journey to a service without endpoints.
+const NoEndpoints Journey = "pod → service without endpoints"
+
 
 // EmptyVIP is the ClusterIP of the lab's service without endpoints.
 var EmptyVIP = netip.MustParseAddr("10.96.0.11")
