@@ -78,21 +78,22 @@ func (t *tracer) probe(root bool) *api.ProbeResult {
 	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout+3*time.Second)
 	defer cancel()
 	var sendErr error
+	var sent routing.ProbeOutcome
 	events, err := runner.Trace(ctx, nft.Probe{Src: t.pkt.src, Dst: t.pkt.dst, Proto: t.pkt.proto, DstPort: t.pkt.port},
 		func(ctx context.Context) error {
-			res.Result, sendErr = prober.Probe(ctx, spec)
+			sent, sendErr = prober.Probe(ctx, spec)
 			return sendErr
 		})
 	if sendErr != nil {
 		res.Skipped = "the probe could not be sent: " + sendErr.Error()
 		return res
 	}
-	if err != nil {
+	if err != nil && len(events) == 0 {
 		res.Skipped = "nftables trace failed: " + err.Error()
 		return res
 	}
-	res.Sent = true
-	observe(res, events, t.pkt)
+	res.Sent, res.Result = true, sent.Result
+	observe(res, events, t.pkt, sent.Src.Port())
 	compare(res, t.pred, t.pkt)
 	return res
 }
@@ -114,11 +115,11 @@ func (d *Daemon) traceRunner() (nft.TraceRunner, error) {
 // observe reads the events of the probe's first packet: the podnet chains it
 // went through, the last verdict podnet's table gave it, and where a later
 // hook saw it going (the DNAT).
-func observe(res *api.ProbeResult, events []nft.TraceEvent, pkt tracePacket) {
+func observe(res *api.ProbeResult, events []nft.TraceEvent, pkt tracePacket, srcPort uint16) {
 	var id uint32
 	found := false
 	for _, e := range events {
-		if !found && e.HasPacket() && e.Src == pkt.src && e.Dst == pkt.dst {
+		if !found && e.HasPacket() && e.Src == pkt.src && e.Dst == pkt.dst && (srcPort == 0 || e.SrcPort == srcPort) {
 			id, found = e.ID, true
 		}
 	}
@@ -133,8 +134,8 @@ func observe(res *api.ProbeResult, events []nft.TraceEvent, pkt tracePacket) {
 		if len(res.Chains) == 0 || res.Chains[len(res.Chains)-1] != e.Chain {
 			res.Chains = append(res.Chains, e.Chain)
 		}
-		if e.Verdict != "" && e.Verdict != "continue" {
-			res.Verdict = e.Chain + ": " + e.Verdict
+		if e.Type == "rule" && e.Verdict != "" && e.Verdict != "continue" && !strings.HasPrefix(e.Verdict, "jump ") && !strings.HasPrefix(e.Verdict, "goto ") {
+			res.Verdict = e.Chain + ": " + e.Verdict // the deciding rule: a DNAT accepts, a reject drops
 		}
 		if e.HasPacket() && e.Dst != pkt.dst {
 			res.DNAT = netip.AddrPortFrom(e.Dst, e.DstPort).String()

@@ -184,14 +184,15 @@ func (f *Fake) RouteGet(q Query) (Decision, error) {
 
 var _ Prober = (*Fake)(nil)
 
-// Probe records nothing and answers ProbeResult, or ProbeConnected when it is
-// empty.
-func (f *Fake) Probe(_ context.Context, p ProbeSpec) (string, error) {
+// Probe records p and answers ProbeResult (ProbeConnected when it is empty)
+// from port 40000 of p.Src.
+func (f *Fake) Probe(_ context.Context, p ProbeSpec) (ProbeOutcome, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Probes = append(f.Probes, p)
+	out := ProbeOutcome{Result: ProbeConnected, Src: netip.AddrPortFrom(p.Src, 40000)}
 	if f.ProbeResult != "" {
-		return f.ProbeResult, nil
+		out.Result = f.ProbeResult
 	}
-	return ProbeConnected, nil
+	return out, nil
 }

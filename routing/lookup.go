@@ -98,6 +98,8 @@ func routeGetRequest(c *netlink.Conn, q Query) (netlink.Message, error) {
 		family, bits = unix.AF_INET6, 128
 	}
 	hdr := []byte{family, bits, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	// rtm_flags RTM_F_LOOKUP_TABLE: report the table the route came from.
+	binary.NativeEndian.PutUint32(hdr[8:], unix.RTM_F_LOOKUP_TABLE)
 	ae := netlink.NewAttributeEncoder()
 	ae.Bytes(unix.RTA_DST, q.Dst.AsSlice())
 	if q.Src.IsValid() {

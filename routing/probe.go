@@ -33,9 +33,17 @@ type ProbeSpec struct {
 	Timeout time.Duration
 }
 
+// ProbeOutcome is what a probe saw: Result is one of the Probe* constants,
+// Src the address and port it was sent from (the port tells its packets
+// apart from other connections between the same addresses).
+type ProbeOutcome struct {
+	Result string
+	Src    netip.AddrPort
+}
+
 // Prober sends probes; *Manager implements it.
 type Prober interface {
-	Probe(ctx context.Context, p ProbeSpec) (string, error)
+	Probe(ctx context.Context, p ProbeSpec) (ProbeOutcome, error)
 }
 
 var _ Prober = (*Manager)(nil)
@@ -45,16 +53,16 @@ var _ Prober = (*Manager)(nil)
 // back at once; the connect runs on any thread (a socket keeps the namespace
 // it was created in). The attempt is bounded by p.Timeout (at most 5 s) and
 // ctx. The error is for probes that could not be sent at all.
-func (m *Manager) Probe(ctx context.Context, p ProbeSpec) (string, error) {
+func (m *Manager) Probe(ctx context.Context, p ProbeSpec) (ProbeOutcome, error) {
 	if p.Proto != unix.IPPROTO_TCP && p.Proto != unix.IPPROTO_UDP {
-		return "", fmt.Errorf("probe: protocol %d not supported (tcp, udp)", p.Proto)
+		return ProbeOutcome{}, fmt.Errorf("probe: protocol %d not supported (tcp, udp)", p.Proto)
 	}
 	nsPath := p.NetNS
 	var nsFd int = -1
 	if nsPath != "" {
 		f, err := openNetNS(nsPath)
 		if err != nil {
-			return "", err
+			return ProbeOutcome{}, err
 		}
 		defer f.Close()
 		nsFd = int(f.Fd())
@@ -63,7 +71,7 @@ func (m *Manager) Probe(ctx context.Context, p ProbeSpec) (string, error) {
 	}
 	fd, err := socketIn(nsFd, p)
 	if err != nil {
-		return "", err
+		return ProbeOutcome{}, err
 	}
 	defer unix.Close(fd)
 	timeout := min(max(p.Timeout, 100*time.Millisecond), 5*time.Second)
@@ -72,20 +80,42 @@ func (m *Manager) Probe(ctx context.Context, p ProbeSpec) (string, error) {
 	}
 	tv := unix.NsecToTimeval(timeout.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return "", fmt.Errorf("probe: SO_SNDTIMEO: %w", err)
+		return ProbeOutcome{}, fmt.Errorf("probe: SO_SNDTIMEO: %w", err)
 	}
-	if p.Src.IsValid() {
-		if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(p.Src, 0))); err != nil {
-			return "", fmt.Errorf("probe: bind %s: %w", p.Src, err)
+	// Bound before sending, so the source port is known whatever happens.
+	src := p.Src
+	if !src.IsValid() {
+		src = netip.IPv4Unspecified()
+		if p.Dst.Addr().Is6() {
+			src = netip.IPv6Unspecified()
 		}
+	}
+	if err := unix.Bind(fd, sockaddr(netip.AddrPortFrom(src, 0))); err != nil {
+		return ProbeOutcome{}, fmt.Errorf("probe: bind %s: %w", src, err)
+	}
+	var out ProbeOutcome
+	if sa, err := unix.Getsockname(fd); err == nil {
+		out.Src = addrPortOf(sa)
 	}
 	if p.Proto == unix.IPPROTO_UDP {
+		out.Result = ProbeSent
 		if err := unix.Sendto(fd, []byte("podnet trace probe\n"), 0, sockaddr(p.Dst)); err != nil {
-			return classify(err), nil
+			out.Result = classify(err)
 		}
-		return ProbeSent, nil
+		return out, nil
 	}
-	return classify(unix.Connect(fd, sockaddr(p.Dst))), nil
+	out.Result = classify(unix.Connect(fd, sockaddr(p.Dst)))
+	return out, nil
+}
+
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr), uint16(sa.Port))
+	}
+	return netip.AddrPort{}
 }
 
 func classify(err error) string {
