@@ -82,7 +82,7 @@ func peerGroups(fd int) ([]uint32, error) {
 		}
 		out := make([]uint32, 0, n/4)
 		for i := 0; i+4 <= int(n); i += 4 {
-			out = append(out, binary.NativeEndian.Uint32(buf[i : i+4]))
+			out = append(out, binary.NativeEndian.Uint32(buf[i:i+4]))
 		}
 		return out, nil
 	}

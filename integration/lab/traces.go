@@ -16,7 +16,6 @@ import (
 // NoEndpoints is the journey to a service without endpoints.
 const NoEndpoints Journey = "pod → service without endpoints"
 
-
 // EmptyVIP is the ClusterIP of the lab's service without endpoints.
 var EmptyVIP = netip.MustParseAddr("10.96.0.11")
 
