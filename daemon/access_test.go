@@ -67,7 +67,7 @@ func runAs(t *testing.T, socket string, uid, gid uint32, groups ...uint32) acces
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0])
+	cmd := exec.CommandContext(ctx, readableTestBinary(t))
 	cmd.Env = append(os.Environ(), envAccessClient+"="+socket)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: groups}}
 	out, err := cmd.Output()
@@ -79,6 +79,27 @@ func runAs(t *testing.T, socket string, uid, gid uint32, groups ...uint32) acces
 		t.Fatalf("access client output %q: %v", out, err)
 	}
 	return r
+}
+
+// readableTestBinary copies the test binary where any user may run it (go
+// test builds it in a directory only root can read).
+func readableTestBinary(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "podnet-access-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	data, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "access-client")
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 // serveSocket runs td's API on its real unix socket in a directory anyone may

@@ -49,7 +49,7 @@ func newTestDaemon(t *testing.T, change func(*Config)) *testDaemon {
 	}
 	core, logs := observer.New(zap.DebugLevel)
 	td := &testDaemon{kernel: routing.NewFake(), nft: &nft.Fake{}, logs: logs, sysctls: map[string]string{}}
-	d, err := New(cfg, zap.New(core), Deps{Kernel: td.kernel, NFT: td.nft})
+	d, err := New(cfg, zap.New(core), Deps{Kernel: td.kernel, NFT: td.nft, Tracer: &nft.FakeTracer{}})
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

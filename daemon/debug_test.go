@@ -168,7 +168,7 @@ func TestMalformedRequests(t *testing.T) {
 		{"GET", "/v1/trace?from=c1&to=10.244.1.5/icmp", http.StatusBadRequest, "want tcp, udp or sctp"},
 		{"GET", "/v1/trace?from=c1&to=nosuchservice", http.StatusBadRequest, "no service"},
 		{"GET", "/v1/trace?from=c1&to=fd00::1", http.StatusBadRequest, "no address of the destination's family"},
-		{"GET", "/v1/trace?from=c1&to=" + strings.Repeat("a", 20000), http.StatusRequestHeaderFieldsTooLarge, ""},
+		{"GET", "/v1/trace?from=c1&to=" + strings.Repeat("a", 40000), http.StatusRequestHeaderFieldsTooLarge, ""},
 	}
 	for _, tt := range tests {
 		req, _ := http.NewRequest(tt.method, srv.URL+tt.path, nil)

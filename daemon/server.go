@@ -145,11 +145,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(b)
 }
 
-// serve runs the HTTP server until ctx ends, then drains it for up to 5 s.
-func (d *Daemon) serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: d.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
+// httpServer is the socket's HTTP server: bounded header size and read times,
+// each connection's peer credentials in its requests' context (access.go).
+func (d *Daemon) httpServer() *http.Server {
+	return &http.Server{Handler: d.routes(), ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 30 * time.Second,
 		MaxHeaderBytes: maxHeader, ConnContext: peerContext,
 		ErrorLog: zap.NewStdLog(d.log.Named("http"))}
+}
+
+// serve runs the HTTP server until ctx ends, then drains it for up to 5 s.
+func (d *Daemon) serve(ctx context.Context, ln net.Listener) error {
+	srv := d.httpServer()
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

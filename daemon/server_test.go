@@ -27,6 +27,7 @@ import (
 func rootServer(t *testing.T, d *Daemon) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(d.routes())
+	srv.Config = d.httpServer()
 	srv.Config.ConnContext = func(ctx context.Context, _ net.Conn) context.Context {
 		return context.WithValue(ctx, peerKey{}, peer{uid: 0})
 	}

@@ -17,6 +17,11 @@ import (
 var errBadTrace = errors.New("bad trace request")
 
 func badTrace(format string, a ...any) error {
+	for i, v := range a { // echo long inputs clipped
+		if s, ok := v.(string); ok && len(s) > 80 {
+			a[i] = s[:80] + "…"
+		}
+	}
 	return fmt.Errorf("%w: %s", errBadTrace, fmt.Sprintf(format, a...))
 }
 

@@ -149,7 +149,7 @@ func allocations(t *testing.T, n *lab.Node) []api.Allocation {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
+	return a.Allocations
 }
 
 // TestCNIErrorsAndLifecycle covers ADD on an existing interface, GC with both
