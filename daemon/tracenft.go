@@ -94,6 +94,9 @@ func (t *tracer) probe(root bool) *api.ProbeResult {
 	}
 	res.Sent, res.Result = true, sent.Result
 	observe(res, events, t.pkt, sent.Src.Port())
+	if err != nil { // events were lost or did not decode: say so
+		res.Events = append(res.Events, "trace incomplete: "+err.Error())
+	}
 	compare(res, t.pred, t.pkt)
 	return res
 }
@@ -112,32 +115,34 @@ func (d *Daemon) traceRunner() (nft.TraceRunner, error) {
 	return d.tracer, nil
 }
 
-// observe reads the events of the probe's first packet: the podnet chains it
-// went through, the last verdict podnet's table gave it, and where a later
-// hook saw it going (the DNAT).
+// observe reads the events of the probe's packets (nft.Tracer returns only
+// those, under whatever trace IDs the kernel gave them): the podnet chains
+// they went through, the last verdict podnet's table gave, and where a later
+// hook saw the packet going (the DNAT). Only a connection's first packet
+// passes podnet's nat chains. Packets of another connection between the same
+// addresses (another source port) are left out.
 func observe(res *api.ProbeResult, events []nft.TraceEvent, pkt tracePacket, srcPort uint16) {
-	var id uint32
-	found := false
+	other := map[uint32]bool{}
 	for _, e := range events {
-		if !found && e.HasPacket() && e.Src == pkt.src && e.Dst == pkt.dst && (srcPort == 0 || e.SrcPort == srcPort) {
-			id, found = e.ID, true
+		if srcPort != 0 && e.HasPacket() && e.Src == pkt.src && e.SrcPort != srcPort {
+			other[e.ID] = true
 		}
 	}
 	for _, e := range events {
-		if found && e.ID != id {
+		if other[e.ID] {
 			continue
 		}
 		res.Events = append(res.Events, e.String())
 		if e.Table != nft.TableName || e.Family != "inet" {
 			continue
 		}
-		if len(res.Chains) == 0 || res.Chains[len(res.Chains)-1] != e.Chain {
+		if !slices.Contains(res.Chains, e.Chain) { // a return to a calling chain is no new step
 			res.Chains = append(res.Chains, e.Chain)
 		}
 		if e.Type == "rule" && e.Verdict != "" && e.Verdict != "continue" && !strings.HasPrefix(e.Verdict, "jump ") && !strings.HasPrefix(e.Verdict, "goto ") {
 			res.Verdict = e.Chain + ": " + e.Verdict // the deciding rule: a DNAT accepts, a reject drops
 		}
-		if e.HasPacket() && e.Dst != pkt.dst {
+		if e.HasPacket() && e.Dst != pkt.dst && e.SrcPort == srcPort {
 			res.DNAT = netip.AddrPortFrom(e.Dst, e.DstPort).String()
 		}
 	}

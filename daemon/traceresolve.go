@@ -41,13 +41,15 @@ func parseTarget(s string) (target, error) {
 	if s == "" {
 		return t, badTrace("--to is required")
 	}
-	if i := strings.LastIndexByte(s, '/'); i >= 0 && !strings.Contains(s[i:], ":") && !strings.Contains(s[i:], "]") {
-		t.proto = strings.ToLower(s[i+1:])
-		s = s[:i]
-		switch t.proto {
-		case "tcp", "udp", "sctp":
-		default:
-			return t, badTrace("protocol %q: want tcp, udp or sctp", t.proto)
+	// A trailing /tcp, /udp or /sctp is the protocol; any other "/x" is
+	// part of a service's namespace/name, unless a port came before it.
+	if i := strings.LastIndexByte(s, '/'); i >= 0 && !strings.ContainsAny(s[i:], ":]") {
+		proto := strings.ToLower(s[i+1:])
+		switch {
+		case proto == "tcp" || proto == "udp" || proto == "sctp":
+			t.proto, s = proto, s[:i]
+		case looksLikeAddrPort(s[:i]):
+			return t, badTrace("protocol %q: want tcp, udp or sctp", proto)
 		}
 	}
 	host := s
@@ -79,6 +81,14 @@ func parseTarget(s string) (target, error) {
 	}
 	t.host = host
 	return t, nil
+}
+
+// looksLikeAddrPort: s is an address, or anything with a port.
+func looksLikeAddrPort(s string) bool {
+	if _, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil {
+		return true
+	}
+	return strings.Count(s, ":") == 1 || strings.HasPrefix(s, "[")
 }
 
 func portNumber(s string) (uint16, error) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -170,6 +171,7 @@ func (l *traceListener) close() ([]TraceEvent, error) {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.adoptRenamed()
 	var events []TraceEvent
 	for _, e := range l.events {
 		if l.ours[e.ID] {
@@ -190,6 +192,31 @@ func (l *traceListener) close() ([]TraceEvent, error) {
 		errs = append(errs, fmt.Errorf("nft: trace: %w", l.decodeErr))
 	}
 	return events, errors.Join(errs...)
+}
+
+// adoptRenamed takes as the probe's the packets whose trace ID changed on
+// the way: the kernel derives the ID from the packet's flow hash, which it may
+// compute again after routing and NAT (a forwarded packet reaches postrouting
+// under a new ID). Only the probe rule sets nftrace, so a traced packet from
+// the source address and port of a marked one, in the same protocol, is one of
+// the probe's. Call with l.mu held.
+func (l *traceListener) adoptRenamed() {
+	type flow struct {
+		src   netip.Addr
+		port  uint16
+		proto uint8
+	}
+	flows := map[flow]bool{}
+	for _, e := range l.events {
+		if l.ours[e.ID] && e.HasPacket() {
+			flows[flow{e.Src, e.SrcPort, e.Proto}] = true
+		}
+	}
+	for _, e := range l.events {
+		if !l.ours[e.ID] && e.HasPacket() && flows[flow{e.Src, e.SrcPort, e.Proto}] {
+			l.ours[e.ID] = true
+		}
+	}
 }
 
 // isTraceMark reports whether e is the trace rule matching a probe's packet.

@@ -154,6 +154,11 @@ func PrintTraces(w io.Writer, checks []TraceCheck) int {
 		for _, pr := range c.Problems() {
 			fmt.Fprintf(w, "    ✗ %s\n", pr)
 		}
+		if p := t.Probe; p != nil && !c.OK() {
+			for _, e := range p.Events { // the kernel's own trace, to see what it did
+				fmt.Fprintf(w, "      %s\n", e)
+			}
+		}
 	}
 	return failed
 }
