@@ -49,6 +49,9 @@ type tracer struct {
 	rec   *podRecord // the source pod's record, when it is a pod of this node
 	nftOK bool       // the nftables hop was read
 	pred  nftDecision
+	// unroutable: the node has no route to the destination itself, so its
+	// own packet fails before nftables sees it.
+	unroutable bool
 }
 
 // trace builds the trace of q; root says whether the caller may send a probe.
@@ -71,10 +74,14 @@ func (d *Daemon) trace(q api.TraceQuery, root bool) (*api.Trace, error) {
 		return nil, err
 	}
 	t.sourceHops()
-	if err := t.nftHops(); err != nil {
-		return nil, err
+	if t.pkt.local && !t.routable() {
+		t.tr.Outcome = api.TraceDropped
+	} else {
+		if err := t.nftHops(); err != nil {
+			return nil, err
+		}
+		t.routeHops()
 	}
-	t.routeHops()
 	if !q.NoProbe {
 		t.tr.Probe = t.probe(root)
 	}
@@ -304,6 +311,19 @@ func (t *tracer) sourceHops() {
 	}
 }
 
+// routable checks, for a packet the node sends itself, that the node has a
+// route to the destination as addressed: the kernel routes a local packet
+// before the output hook's DNAT (and again after it), so a VIP needs a route
+// too (a default route usually gives it one).
+func (t *tracer) routable() bool {
+	if _, err := t.d.looker().RouteGet(routing.Query{Dst: t.pkt.dst}); err != nil {
+		t.unroutable = true
+		t.hop("routing", fmt.Sprintf("no route to %s itself (%v): the node routes its own packet before nftables' output hook translates it, so the connection fails (network unreachable); a default route, or one covering the service range, fixes that", t.pkt.dst, err), "")
+		return false
+	}
+	return true
+}
+
 // nftHops adds podnet's nftables decision.
 func (t *tracer) nftHops() error {
 	dec, err := t.d.explainNFT(t.pkt)
@@ -348,9 +368,6 @@ func (t *tracer) routeHops() {
 	}
 	if reached == 0 {
 		t.tr.Outcome = api.TraceDropped
-	}
-	if t.pred.masq != "" {
-		t.hop("nftables postrouting", "masquerade: "+t.pred.masq, "")
 	}
 }
 

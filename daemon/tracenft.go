@@ -57,7 +57,7 @@ func (t *tracer) probe(root bool) *api.ProbeResult {
 	case t.pkt.proto != protoNumber("tcp") && t.pkt.proto != protoNumber("udp"):
 		res.Skipped = "probes are sent for tcp and udp only"
 		return res
-	case !t.nftOK:
+	case !t.nftOK && !t.unroutable:
 		res.Skipped = "podnet's table could not be read: nothing to compare with"
 		return res
 	}
@@ -94,6 +94,16 @@ func (t *tracer) probe(root bool) *api.ProbeResult {
 	}
 	res.Sent, res.Result = true, sent.Result
 	observe(res, events, t.pkt, sent.Src.Port())
+	if t.unroutable { // predicted: fails at the node's routing, before nftables
+		if len(res.Chains) > 0 {
+			res.Mismatches = append(res.Mismatches, "predicted no route; the probe went through "+strings.Join(res.Chains, " → "))
+		}
+		if res.Result != routing.ProbeUnreachable {
+			res.Mismatches = append(res.Mismatches, "predicted network unreachable; the connection was "+res.Result)
+		}
+		res.Agrees = len(res.Mismatches) == 0
+		return res
+	}
 	if err != nil { // events were lost or did not decode: say so
 		res.Events = append(res.Events, "trace incomplete: "+err.Error())
 	}

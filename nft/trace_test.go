@@ -487,3 +487,28 @@ func TestFakeTracer(t *testing.T) {
 		t.Errorf("Cleanups: %d, want 2", f.Cleanups())
 	}
 }
+
+// TestAdoptRenamed: a packet the kernel traces under a new ID after routing
+// (its flow hash recomputed) is still the probe's when its source address,
+// port and protocol are a marked packet's; another connection's is not.
+func TestAdoptRenamed(t *testing.T) {
+	a := netip.MustParseAddr
+	mark := TraceEvent{ID: 1, Family: "inet", Table: TraceTableName, Chain: "prerouting", Type: "rule", RuleHandle: 2,
+		Src: a("10.244.3.3"), Dst: a("10.96.0.10"), Proto: 6, SrcPort: 40000, DstPort: 80}
+	renamed := TraceEvent{ID: 2, Family: "inet", Table: "podnet", Chain: "postrouting", Type: "return",
+		Src: a("10.244.3.3"), Dst: a("10.244.2.2"), Proto: 6, SrcPort: 40000, DstPort: 8080}
+	renamedPolicy := TraceEvent{ID: 2, Family: "inet", Table: "podnet", Chain: "postrouting", Type: "policy", Verdict: "accept"}
+	stranger := TraceEvent{ID: 3, Family: "inet", Table: "podnet", Chain: "postrouting", Type: "return",
+		Src: a("10.244.3.3"), Dst: a("10.244.2.2"), Proto: 6, SrcPort: 40001, DstPort: 8080}
+	l := &traceListener{ours: map[uint32]bool{}}
+	for _, e := range []TraceEvent{mark, renamed, renamedPolicy, stranger} {
+		if isTraceMark(e) {
+			l.ours[e.ID] = true
+		}
+		l.events = append(l.events, e)
+	}
+	l.adoptRenamed()
+	if !l.ours[1] || !l.ours[2] || l.ours[3] {
+		t.Errorf("ours = %v, want IDs 1 and 2, not 3", l.ours)
+	}
+}
