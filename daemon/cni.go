@@ -254,7 +254,9 @@ func (h *cniHandler) gc(valid []types.GCAttachment) *api.Error {
 	}
 	for _, r := range h.pods.list() {
 		if !keep[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
+			unlock := h.lock(r.ContainerID, r.IfName)
 			h.warnf("removing a pod's debug record failed", h.pods.remove(r.ContainerID, r.IfName))
+			unlock()
 		}
 	}
 	_, err = h.ipam.GC(func(cid, ifName string) bool {

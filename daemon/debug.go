@@ -181,7 +181,7 @@ func (d *Daemon) serveTrace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, ok := r.Context().Value(peerKey{}).(peer)
-	tr, err := d.trace(tq, ok && accessOf(p, d.socketGID) == accessRoot)
+	tr, err := d.trace(r.Context(), tq, ok && accessOf(p, d.socketGID) == accessRoot)
 	switch {
 	case errors.Is(err, errBadTrace):
 		writeJSON(w, http.StatusBadRequest, &api.Error{Msg: "bad trace request", Details: strings.TrimPrefix(err.Error(), errBadTrace.Error()+": ")})

@@ -90,13 +90,15 @@ func (s *podStore) put(r podRecord) error {
 	if err != nil {
 		return err
 	}
+	// The file first, outside the lock (two fsyncs): calls for one
+	// attachment are serialised by the CNI handler's stripes.
 	k := podKey{r.ContainerID, r.IfName}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.m[k] = r
 	if _, err := writeFileAtomic(s.fileName(k), data, 0o600); err != nil {
 		return fmt.Errorf("pod record: %w", err)
 	}
+	s.mu.Lock()
+	s.m[k] = r
+	s.mu.Unlock()
 	return nil
 }
 
@@ -107,8 +109,8 @@ func (s *podStore) remove(containerID, ifName string) error {
 	}
 	k := podKey{containerID, ifName}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	delete(s.m, k)
+	s.mu.Unlock()
 	if err := os.Remove(s.fileName(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("pod record: %w", err)
 	}

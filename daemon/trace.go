@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -56,7 +57,7 @@ type tracer struct {
 
 // trace builds the trace of q; root says whether the caller may send a probe.
 // A request that cannot be understood returns an error matching errBadTrace.
-func (d *Daemon) trace(q api.TraceQuery, root bool) (*api.Trace, error) {
+func (d *Daemon) trace(ctx context.Context, q api.TraceQuery, root bool) (*api.Trace, error) {
 	c := d.cluster.Load()
 	if c == nil {
 		return nil, errors.New("no cluster state yet")
@@ -81,9 +82,12 @@ func (d *Daemon) trace(q api.TraceQuery, root bool) (*api.Trace, error) {
 			return nil, err
 		}
 		t.routeHops()
+		if !t.nftOK { // the routing shown may be right, but not what nftables does first
+			t.tr.Outcome = api.TraceUnknown
+		}
 	}
 	if !q.NoProbe {
-		t.tr.Probe = t.probe(root)
+		t.tr.Probe = t.probe(ctx, root)
 	}
 	return t.tr, nil
 }
@@ -174,9 +178,13 @@ func (t *tracer) resolveTo(to target, srcAddrs []netip.Addr) error {
 		}
 		var kind string
 		svc, sp, kind = serviceByAddr(t.view, to.addr, port, proto, self)
-		if port == 0 && svc != nil && len(svc.Ports) == 1 && kind != "nodePort" {
-			sp, port = &svc.Ports[0], svc.Ports[0].Port
-			proto = strings.ToLower(string(sp.Protocol))
+		if port == 0 && svc != nil && kind != "nodePort" {
+			p, err := pickPort(svc, "", to.proto) // the only port: else say which
+			if err != nil {
+				return err
+			}
+			sp, port = p, p.Port
+			proto = strings.ToLower(string(p.Protocol))
 		}
 		if port == 0 {
 			port = 80
@@ -377,9 +385,7 @@ func (t *tracer) routeTo(dst netip.AddrPort, several bool) bool {
 	q := routing.Query{Dst: dst.Addr()}
 	if !t.pkt.local {
 		q.Src = t.pkt.src
-		if t.tr.From.Kind == "pod" {
-			q.Iif = t.d.cfg.Bridge
-		}
+		q.Iif = t.arrivesOn()
 	}
 	where := "routing"
 	if several {
@@ -400,9 +406,9 @@ func (t *tracer) routeTo(dst netip.AddrPort, several bool) bool {
 		return false
 	case dec.Dev == t.d.cfg.Bridge:
 		t.hop(where, fmt.Sprintf("%s is in this node's pod range: out of bridge %s", dst.Addr(), dec.Dev), "")
-		if w.pod != nil {
-			t.hop("veth "+w.pod.HostVeth, fmt.Sprintf("the bridge sends the frame out of the port of %s, across the veth pair", name), "")
-			t.hop("pod "+podName(*w.pod)+" "+w.pod.IfName, fmt.Sprintf("receives it on port %d: %s", dst.Port(), name), "")
+		if veth, pod, ok := t.localPod(w); ok {
+			t.hop("veth "+veth, fmt.Sprintf("the bridge sends the frame out of the port of %s, across the veth pair", name), "")
+			t.hop("pod "+pod, fmt.Sprintf("receives it on port %d: %s", dst.Port(), name), "")
 		} else {
 			t.hop("bridge "+t.d.cfg.Bridge, fmt.Sprintf("no pod of this node has %s: ARP/ND will go unanswered", dst.Addr()), "")
 			return false
@@ -426,6 +432,43 @@ func (t *tracer) routeTo(dst netip.AddrPort, several bool) bool {
 		t.hop(where, fmt.Sprintf("on-link out of %s: %s, port %d", dec.Dev, name, dst.Port()), "")
 	}
 	return true
+}
+
+// arrivesOn is the interface a packet from the source arrives on at this
+// node: the bridge for its pods; for other sources, the interface the node
+// would send back to them through (the kernel refuses a forwarding decision
+// for a foreign source without one).
+func (t *tracer) arrivesOn() string {
+	if t.tr.From.Kind == "pod" {
+		return t.d.cfg.Bridge
+	}
+	back, err := t.d.looker().RouteGet(routing.Query{Dst: t.pkt.src})
+	if err != nil || back.Type != "unicast" {
+		return ""
+	}
+	return back.Dev
+}
+
+// localPod finds the host veth and name of a pod of this node: from its
+// record, or, for a pod without one (attached before records were kept, or
+// whose record was lost), from the kernel's host links.
+func (t *tracer) localPod(w where) (veth, name string, ok bool) {
+	if w.pod != nil {
+		return w.pod.HostVeth, podName(*w.pod) + " " + w.pod.IfName, true
+	}
+	if w.alloc == nil {
+		return "", "", false
+	}
+	links, err := t.d.kernel.ListHostLinks()
+	if err != nil {
+		return "", "", false
+	}
+	for _, l := range links {
+		if l.ContainerID == w.alloc.ContainerID && l.IfName == w.alloc.IfName {
+			return l.Name, short(l.ContainerID) + " " + l.IfName, true
+		}
+	}
+	return "", "", false
 }
 
 func podOf(w where) string {

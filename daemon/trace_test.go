@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"strings"
@@ -121,6 +122,21 @@ func TestTrace(t *testing.T) {
 			name: "nothing routes it", from: "default/web-1", to: "203.0.113.9:443",
 			wantOutcome: api.TraceDropped, wantHops: []string{"no route to 203.0.113.9"},
 		},
+		{
+			name: "nothing routes it, yet the probe connects", from: "default/web-1", to: "203.0.113.9:443",
+			events:      events(pod, ap("203.0.113.9:443"), []string{"prerouting", "services"}, "continue", netip.AddrPort{}),
+			wantOutcome: api.TraceDropped, wantProbe: "predicted a drop; the connection was connected",
+		},
+		{
+			name: "delivery predicted, but podnet's table dropped it", from: "default/web-1", to: "10.244.2.5:80", probeResult: routing.ProbeTimeout,
+			events:      events(pod, ap("10.244.2.5:80"), []string{"prerouting", "services"}, "drop", netip.AddrPort{}),
+			wantOutcome: api.TraceDelivered, wantProbe: "it was dropped (services: drop)",
+		},
+		{
+			name: "delivery predicted, but unreachable", from: "default/web-1", to: "10.244.2.5:80", probeResult: routing.ProbeUnreachable,
+			events:      events(pod, ap("10.244.2.5:80"), []string{"prerouting", "services"}, "continue", netip.AddrPort{}),
+			wantOutcome: api.TraceDelivered, wantProbe: "predicted delivery; the connection was unreachable",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -131,7 +147,7 @@ func TestTrace(t *testing.T) {
 				p := nft.Probe{Src: tt.events[0].Src, Dst: tt.events[0].Dst, Proto: unix.IPPROTO_TCP, DstPort: tt.events[0].DstPort}
 				ft.Events = map[nft.Probe][]nft.TraceEvent{p: tt.events}
 			}
-			tr, err := td.trace(api.TraceQuery{From: tt.from, To: tt.to}, true)
+			tr, err := td.trace(context.Background(), api.TraceQuery{From: tt.from, To: tt.to}, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -173,14 +189,53 @@ func TestTrace(t *testing.T) {
 // no probe is sent.
 func TestTraceWithoutRoot(t *testing.T) {
 	td := tracedDaemon(t)
-	tr, err := td.trace(api.TraceQuery{From: "default/web-1", To: "web"}, false)
+	tr, err := td.trace(context.Background(), api.TraceQuery{From: "default/web-1", To: "web"}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if tr.Probe == nil || tr.Probe.Sent || !strings.Contains(tr.Probe.Skipped, "needs root") || len(td.kernel.Probes) != 0 {
 		t.Errorf("probe = %+v, sent %d; want none sent, skipped for root", tr.Probe, len(td.kernel.Probes))
 	}
-	if tr, err := td.trace(api.TraceQuery{From: "default/web-1", To: "web", NoProbe: true}, true); err != nil || tr.Probe != nil {
+	if tr, err := td.trace(context.Background(), api.TraceQuery{From: "default/web-1", To: "web", NoProbe: true}, true); err != nil || tr.Probe != nil {
 		t.Errorf("NoProbe: %+v, %v", tr, err)
+	}
+}
+
+// TestTraceToPodWithoutRecord: a pod whose record is missing (attached by an
+// older podnetd) is still found on the bridge, by IPAM and its host veth.
+func TestTraceToPodWithoutRecord(t *testing.T) {
+	td := tracedDaemon(t)
+	if err := td.pods.remove("c2", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := td.trace(context.Background(), api.TraceQuery{From: "default/web-1", To: "10.244.0.3:8080", NoProbe: true}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := tr.Hops[len(tr.Hops)-1]
+	if tr.Outcome != api.TraceDelivered || last.Where != "pod c2 eth0" || !strings.Contains(last.What, "receives it on port 8080") {
+		t.Errorf("outcome %s, last hop %+v", tr.Outcome, last)
+	}
+}
+
+// TestTraceMultiPortVIP: a service address with several ports needs one.
+func TestTraceMultiPortVIP(t *testing.T) {
+	td := tracedDaemon(t)
+	c := td.cluster.Load()
+	svc := *c.Services[0]
+	svc.Ports = append(svc.Ports, nft.ServicePort{Name: "metrics", Protocol: nft.TCP, Port: 9090})
+	c2 := *c
+	c2.Services = []*nft.Service{&svc, c.Services[1]}
+	td.cluster.Store(&c2)
+	if err := td.syncNode(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := td.trace(context.Background(), api.TraceQuery{From: "default/web-1", To: "10.96.0.10", NoProbe: true}, true)
+	if err == nil || !strings.Contains(err.Error(), "has several ports") {
+		t.Errorf("trace to a two-port VIP without a port: %v", err)
+	}
+	tr, err := td.trace(context.Background(), api.TraceQuery{From: "default/web-1", To: "10.96.0.10:9090", NoProbe: true}, true)
+	if err != nil || tr.Port != 9090 || tr.To.Service != "default/web" {
+		t.Errorf("with the port: %+v, %v", tr, err)
 	}
 }

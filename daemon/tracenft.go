@@ -45,7 +45,7 @@ const probeTimeout = 2 * time.Second
 // probe sends one real packet of the traced connection from the source's
 // namespace with nftables tracing on, and compares its path through podnet's
 // table with the prediction.
-func (t *tracer) probe(root bool) *api.ProbeResult {
+func (t *tracer) probe(ctx context.Context, root bool) *api.ProbeResult {
 	res := &api.ProbeResult{}
 	switch {
 	case !root:
@@ -75,7 +75,7 @@ func (t *tracer) probe(root bool) *api.ProbeResult {
 	if t.rec != nil {
 		spec.NetNS = t.rec.NetNS
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), probeTimeout+3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout+3*time.Second) // ends too if the caller goes
 	defer cancel()
 	var sendErr error
 	var sent routing.ProbeOutcome
@@ -107,7 +107,7 @@ func (t *tracer) probe(root bool) *api.ProbeResult {
 	if err != nil { // events were lost or did not decode: say so
 		res.Events = append(res.Events, "trace incomplete: "+err.Error())
 	}
-	compare(res, t.pred, t.pkt)
+	compare(res, t.pred, t.pkt, t.tr.Outcome)
 	return res
 }
 
@@ -160,7 +160,7 @@ func observe(res *api.ProbeResult, events []nft.TraceEvent, pkt tracePacket, src
 
 // compare checks the probe against the prediction: the predicted chains in
 // order, a DNAT to one of the predicted endpoints (or none), a reject.
-func compare(res *api.ProbeResult, pred nftDecision, pkt tracePacket) {
+func compare(res *api.ProbeResult, pred nftDecision, pkt tracePacket, outcome string) {
 	miss := func(format string, a ...any) { res.Mismatches = append(res.Mismatches, fmt.Sprintf(format, a...)) }
 	if len(res.Events) == 0 {
 		miss("no trace event arrived for the probe")
@@ -196,6 +196,19 @@ func compare(res *api.ProbeResult, pred nftDecision, pkt tracePacket) {
 		if res.DNAT != "" {
 			miss("predicted no translation; the packet was sent to %s", res.DNAT)
 		}
+	}
+	if pred.verdict != nft.VerdictReject && pred.verdict != nft.VerdictDrop && strings.HasSuffix(res.Verdict, ": drop") {
+		miss("predicted the packet passes podnet's table; it was dropped (%s)", res.Verdict)
+	}
+	// A delivered connection may still be refused or time out (nothing
+	// listens, a policy drops it); it is never unreachable. A dropped one
+	// never connects.
+	tcp := pkt.proto == protoNumber("tcp")
+	switch {
+	case outcome == api.TraceDelivered && res.Result == routing.ProbeUnreachable:
+		miss("predicted delivery; the connection was unreachable")
+	case outcome == api.TraceDropped && tcp && (res.Result == routing.ProbeConnected || res.Result == routing.ProbeRefused):
+		miss("predicted a drop; the connection was %s", res.Result)
 	}
 	res.Agrees = len(res.Mismatches) == 0
 }

@@ -23,6 +23,9 @@ type Fake struct {
 	// outcome it reports.
 	Probes      []ProbeSpec
 	ProbeResult string
+	// LocalAddrs are the node's own addresses besides the bridge's, for
+	// RouteGet.
+	LocalAddrs []netip.Addr
 }
 
 var _ Interface = (*Fake)(nil)
@@ -159,6 +162,10 @@ func (f *Fake) RouteGet(q Query) (Decision, error) {
 		}
 		return Decision{}, fmt.Errorf("route get %s in %s: network is unreachable", q.Dst, q.NetNS)
 	}
+	if q.Src.IsValid() && q.Iif == "" && !f.local(q.Src) {
+		// The kernel refuses an output decision from a foreign source.
+		return Decision{}, fmt.Errorf("route get %s from %s: network is unreachable", q.Dst, q.Src)
+	}
 	if f.Bridge != nil {
 		for _, g := range f.Bridge.Gateways {
 			if g.Addr() == q.Dst {
@@ -180,6 +187,22 @@ func (f *Fake) RouteGet(q Query) (Decision, error) {
 		return Decision{}, fmt.Errorf("route get %s: network is unreachable", q.Dst)
 	}
 	return d, nil
+}
+
+// local: a is an address of the fake node (a bridge gateway or one of
+// LocalAddrs).
+func (f *Fake) local(a netip.Addr) bool {
+	if slices.Contains(f.LocalAddrs, a) {
+		return true
+	}
+	if f.Bridge != nil {
+		for _, g := range f.Bridge.Gateways {
+			if g.Addr() == a {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 var _ Prober = (*Fake)(nil)

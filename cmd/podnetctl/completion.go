@@ -21,26 +21,38 @@ func completion(out io.Writer, shell string, fs *flag.FlagSet) error {
 	fs.VisitAll(func(f *flag.Flag) { flags = append(flags, f.Name) })
 	switch shell {
 	case "bash":
-		var dashed []string
-		for _, f := range flags {
-			dashed = append(dashed, "--"+f)
-		}
+		var dashed, valued []string
+		fs.VisitAll(func(f *flag.Flag) {
+			name := "--" + f.Name
+			if f.Name == "o" {
+				name = "-o"
+			}
+			dashed = append(dashed, name)
+			if !isBool(f) {
+				valued = append(valued, name)
+			}
+		})
 		fmt.Fprintf(out, `# bash completion for podnetctl
 _podnetctl() {
-	local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
+	local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]} w i have=""
 	case $prev in
 	-o) COMPREPLY=($(compgen -W "table json" -- "$cur")); return ;;
 	--socket) COMPREPLY=($(compgen -f -- "$cur")); return ;;
 	completion) COMPREPLY=($(compgen -W "bash zsh fish" -- "$cur")); return ;;
+	%s) COMPREPLY=(); return ;;
 	esac
-	if [[ $cur == -* ]]; then
-		COMPREPLY=($(compgen -W "%s -o" -- "$cur"))
+	for ((i = 1; i < COMP_CWORD; i++)); do
+		w=${COMP_WORDS[i]}
+		case " %s " in *" $w "*) have=$w ;; esac
+	done
+	if [[ $cur == -* || -n $have ]]; then
+		COMPREPLY=($(compgen -W "%s" -- "$cur"))
 	else
 		COMPREPLY=($(compgen -W "%s" -- "$cur"))
 	fi
 }
 complete -F _podnetctl podnetctl
-`, strings.Join(dashed, " "), strings.Join(cmds, " "))
+`, strings.Join(valued, "|"), strings.Join(cmds, " "), strings.Join(dashed, " "), strings.Join(cmds, " "))
 	case "zsh":
 		fmt.Fprintln(out, "#compdef podnetctl\n# zsh completion for podnetctl\n_podnetctl() {\n\tlocal -a cmds\n\tcmds=(")
 		for _, c := range cmds {
@@ -58,7 +70,10 @@ complete -F _podnetctl podnetctl
 			}
 			fmt.Fprintf(out, "\t\t'%s[%s]%s' \\\n", name, strings.NewReplacer("'", "", "[", "(", "]", ")").Replace(f.Usage), zshArg(f))
 		})
-		fmt.Fprintln(out, "\t\t'1:command:->cmd' '*::arg:->args'\n\tcase $state in\n\tcmd) _describe command cmds ;;\n\targs) [[ $words[1] == completion ]] && _values shell bash zsh fish ;;\n\tesac\n}\ncompdef _podnetctl podnetctl")
+		fmt.Fprintln(out, "\t\t'1:command:->cmd' '*::arg:->args'\n\tcase $state in\n\tcmd) _describe command cmds ;;\n\targs) [[ $words[1] == completion ]] && _values shell bash zsh fish ;;\n\tesac\n}")
+		// Autoloaded from $fpath the file is the function's body: run it;
+		// sourced, register it.
+		fmt.Fprintln(out, "if [ \"$funcstack[1]\" = \"_podnetctl\" ]; then\n\t_podnetctl \"$@\"\nelse\n\tcompdef _podnetctl podnetctl\nfi")
 	case "fish":
 		fmt.Fprintln(out, "# fish completion for podnetctl")
 		for _, c := range cmds {
@@ -71,8 +86,13 @@ complete -F _podnetctl podnetctl
 		fmt.Fprintln(out, "complete -c podnetctl -f -n '__fish_seen_subcommand_from completion' -a 'bash zsh fish'")
 		fs.VisitAll(func(f *flag.Flag) {
 			opt := "-l " + f.Name
-			if f.Name == "o" {
+			switch {
+			case f.Name == "o":
 				opt = "-s o -x -a 'table json'"
+			case f.Name == "socket":
+				opt += " -r -F"
+			case !isBool(f):
+				opt += " -x"
 			}
 			fmt.Fprintf(out, "complete -c podnetctl %s -d %q\n", opt, f.Usage)
 		})
@@ -92,4 +112,10 @@ func zshArg(f *flag.Flag) string {
 		return ""
 	}
 	return ":" + f.Name + ":"
+}
+
+// isBool: the flag takes no value.
+func isBool(f *flag.Flag) bool {
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
 }

@@ -19,6 +19,7 @@ const (
 	TraceDelivered = "delivered" // reaches a pod, a node or an address outside the cluster
 	TraceRejected  = "rejected"  // the service has no endpoints: the client gets a port unreachable
 	TraceDropped   = "dropped"   // nothing routes it, or a source range refuses it
+	TraceUnknown   = "unknown"   // podnet's table could not be read
 )
 
 // Trace is the path a new connection takes, hop by hop, as this node's
@@ -31,7 +32,7 @@ type Trace struct {
 	Proto string `json:"proto"`
 	Port  int    `json:"port"`
 	Hops  []Hop  `json:"hops"`
-	// Outcome is TraceDelivered, TraceRejected or TraceDropped.
+	// Outcome is TraceDelivered, TraceRejected, TraceDropped or TraceUnknown.
 	Outcome string `json:"outcome"`
 	// Endpoints are the endpoints a service connection may be sent to (the
 	// nftables map entry's backends), empty for other destinations.
@@ -75,8 +76,9 @@ type ProbeResult struct {
 	Chains []string `json:"chains,omitempty"`
 	// Verdict is the last verdict nftables gave the packet in podnet's table.
 	Verdict string `json:"verdict,omitempty"`
-	// DNAT is the address:port the packet was translated to, as the trace
-	// and conntrack saw it; empty when it was not translated.
+	// DNAT is the address:port a later hook saw the packet sent to, as the
+	// trace showed it; empty when it was not translated (or went to an
+	// address of the node itself, past no later podnet chain).
 	DNAT string `json:"dnat,omitempty"`
 	// Agrees says whether the probe followed the predicted path;
 	// Mismatches lists where it did not.
