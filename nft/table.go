@@ -48,8 +48,10 @@ func WithNetNSFd(fd int) Option {
 
 // Table is the kernel implementation of Interface: it talks netlink to nftables,
 // without running the nft binary. Every Sync and Cleanup is one netlink batch that
-// the kernel applies entirely or not at all. Methods are safe for concurrent use;
-// calls are serialised.
+// the kernel applies entirely or not at all. Methods are safe for concurrent use:
+// Sync and Cleanup are serialised; List and Explain read the kernel without
+// waiting for them (List reads again if the ruleset changed meanwhile; the
+// lookups of one Explain may straddle a Sync).
 type Table struct {
 	mu      sync.Mutex
 	copts   []nftables.ConnOption
