@@ -68,3 +68,29 @@ func BenchmarkTableSyncOneChange(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTableExplain measures Table.Explain in the kernel (sandbox) for a
+// pod's packet to one ClusterIP among N services: `podnetctl trace`'s
+// nftables hop. Every lookup is one single-element netlink GET, so its cost
+// should not grow with N.
+func BenchmarkTableExplain(b *testing.B) {
+	for _, n := range []int{1000, 50000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			sandbox.Require(b)
+			ns := sandbox.TestNetNS(b, fmt.Sprintf("nft-explain-%d", n))
+			tbl := newTable(b, ns)
+			s := benchState(n)
+			if err := tbl.Sync(s); err != nil {
+				b.Fatal(err)
+			}
+			p := Packet{Src: netip.MustParseAddr("10.7.0.2"), Dst: s.Services[n/2].ClusterIPs[0], Proto: 6, DstPort: 80}
+			b.ResetTimer()
+			for range b.N {
+				e, err := tbl.Explain(p)
+				if err != nil || e.Verdict != VerdictDNAT || len(e.Backends) != 4 {
+					b.Fatalf("Explain = %+v, %v", e, err)
+				}
+			}
+		})
+	}
+}
