@@ -90,16 +90,37 @@ func (s *podStore) put(r podRecord) error {
 	if err != nil {
 		return err
 	}
-	// The file first, outside the lock (two fsyncs): calls for one
-	// attachment are serialised by the CNI handler's stripes.
+	// The file first, outside the lock: calls for one attachment are
+	// serialised by the CNI handler's stripes.
 	k := podKey{r.ContainerID, r.IfName}
-	if _, err := writeFileAtomic(s.fileName(k), data, 0o600); err != nil {
+	if err := writeRecord(s.fileName(k), data); err != nil {
 		return fmt.Errorf("pod record: %w", err)
 	}
 	s.mu.Lock()
 	s.m[k] = r
 	s.mu.Unlock()
 	return nil
+}
+
+// writeRecord replaces path with data through a temp file and a rename, so a
+// reader never sees half a record, but without fsync: a record is for the
+// debug view only, and a CNI ADD should not wait for the disk twice more for
+// it. A crash may lose a record or leave an empty one, which openPodStore
+// reports and skips; the pod then shows without its name.
+func writeRecord(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".record-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	_, err = tmp.Write(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // remove deletes the record of an attachment; a missing one is no error.
