@@ -105,8 +105,8 @@ func cgroupMounts() (string, error) {
 
 // containerdConfig is containerd 1.6's config (version 2) for one node: every
 // path under the node's directory, the CRI plugin with cgroupfs (SystemdCgroup
-// false), the given snapshotter, the pause image as sandbox_image, and the CNI
-// directories of the node.
+// false), the given snapshotter, the pause image as sandbox_image, the CNI
+// directories of the node, and oom_score_adj never below containerd's own.
 func (n *Node) containerdConfig(snapshotter string) string {
 	d := n.Dir
 	return fmt.Sprintf(`version = 2
@@ -126,6 +126,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %[6]q
   enable_selinux = false
+  # This machine's root lacks CAP_SYS_RESOURCE (not in the bounding set), so no
+  # process may lower its oom_score_adj: kubelet's -998 for pod sandboxes made
+  # runc's init fail ("failed to update /proc/self/oom_score_adj: Permission
+  # denied"). Restricted, containerd raises it to its own score.
+  restrict_oom_score_adj = true
   disable_apparmor = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = %[7]q

@@ -99,7 +99,7 @@ func Main(m *testing.M) {
 	} else if diff := before.Diff(after); diff != "" {
 		fmt.Fprintf(os.Stderr, "FAIL: the machine's own network namespace or sysctls changed during the run:\n%s\n", diff)
 		code = 1
-	} else if testing.Verbose() {
+	} else {
 		fmt.Fprintf(os.Stderr, "cluster: the machine's network namespace and %d sysctls are unchanged\n", len(before.Sysctls))
 	}
 	os.RemoveAll(work)
