@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/podnet/podnet/daemon.Version=$(VERSION)
 
-.PHONY: all build lab test test-unit bench-cni bench-services bench-vs-kube-proxy deps clean fmt vet kube-tools kube-node-tools
+.PHONY: all build lab test test-unit bench-cni bench-services bench-vs-kube-proxy deps clean fmt vet kube-tools kube-node-tools e2e
 
 all: build
 
@@ -65,6 +65,11 @@ kube-tools:
 # .ci/run: the e2e test skips without them.
 kube-node-tools: deps
 	./hack/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet
+
+# The e2e cluster so far (docs/e2e.md): control plane + 2 kubelet/containerd nodes in a
+# sandbox, a hostNetwork pod on each, teardown, the machine checked unchanged. As root.
+e2e: kube-node-tools
+	$(GO) test -count=1 -v -timeout 10m ./integration/cluster/
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

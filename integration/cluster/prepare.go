@@ -16,16 +16,25 @@ import (
 // kubeBinaries are the Kubernetes commands the cluster runs.
 var kubeBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"}
 
-// envPause passes the pause binary's path to the sandboxed re-execution.
-const envPause = "PODNET_E2E_PAUSE"
+// envPause passes the pause binary's path to the sandboxed re-execution;
+// envMissing why the binaries are not there (ForTest skips with it).
+const (
+	envPause   = "PODNET_E2E_PAUSE"
+	envMissing = "PODNET_E2E_MISSING"
+)
 
-// Prepare builds what the cluster runs and is missing — the Kubernetes commands
-// through hack/build-kube.sh (the first time ~6 minutes from empty Go caches,
-// ~1.5 minutes with kube-apiserver built; `make kube-node-tools` does it ahead)
-// and the pause command into workDir — and exports their paths for a sandboxed
-// re-execution of this process. It must run before the sandbox is entered (no
-// network there to fetch modules with). Progress goes to progress.
-func Prepare(ctx context.Context, workDir string, progress io.Writer) error {
+// Prepare finds what the cluster runs — the Kubernetes commands through
+// hack/build-kube.sh, building them only when build is true (the first time ~6
+// minutes from empty Go caches, ~1.5 minutes with kube-apiserver built; `make
+// kube-node-tools` does it ahead) — builds the pause command into workDir, and
+// exports their paths for a sandboxed re-execution of this process. It must run
+// before the sandbox is entered (no network there to fetch modules with).
+// Progress goes to progress.
+func Prepare(ctx context.Context, workDir string, build bool, progress io.Writer) error {
+	if !build {
+		os.Setenv("PODNET_KUBE_NO_BUILD", "1")
+		defer os.Unsetenv("PODNET_KUBE_NO_BUILD")
+	}
 	if err := kube.Prepare(ctx, progress, kubeBinaries...); err != nil {
 		return err
 	}
@@ -57,7 +66,8 @@ func PreparedBinaries() (Binaries, error) {
 }
 
 // Main is the TestMain body for packages whose tests run a cluster: as root, it
-// builds what is missing (Prepare, before the test timeout starts), snapshots
+// finds the binaries (Prepare; it builds them only with PODNET_E2E_BUILD=1, else
+// the tests skip, naming what is missing and `make kube-node-tools`), snapshots
 // the machine's network state and sysctls, runs the tests inside a sandbox with
 // its own PID namespace (sandbox.MainPID's way), and fails the run if the
 // machine's state differs afterwards. Without root the tests run as they are
@@ -73,10 +83,8 @@ func Main(m *testing.M) {
 		os.Exit(1)
 	}
 	defer os.RemoveAll(work)
-	if err := Prepare(context.Background(), work, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(work)
-		os.Exit(1)
+	if err := Prepare(context.Background(), work, os.Getenv("PODNET_E2E_BUILD") == "1", nil); err != nil {
+		os.Setenv(envMissing, strings.TrimSpace(err.Error()))
 	}
 	before, err := SnapshotHost()
 	if err != nil {
@@ -115,6 +123,9 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 		t.Skip("cluster test: needs root to run nodes in a network-namespace sandbox (run as root, e.g. make e2e)")
 	}
 	sandbox.Require(t)
+	if why := os.Getenv(envMissing); why != "" && opts.Binaries == (Binaries{}) {
+		t.Skipf("cluster test: binaries missing: %s\n(make kube-node-tools builds them ahead, ~1.5 minutes after kube-apiserver; or PODNET_E2E_BUILD=1)", why)
+	}
 	if opts.Binaries == (Binaries{}) {
 		b, err := PreparedBinaries()
 		if err != nil {
