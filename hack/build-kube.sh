@@ -8,6 +8,8 @@
 # ~3 min with the modules downloaded; kube-proxy after it ~10 s.
 # Concurrent runs (parallel test packages) wait for each other on a lock in the cache.
 # Prints the path of each binary on stdout, one a line; progress goes to stderr.
+# With PODNET_KUBE_NO_BUILD=1 nothing is built: a binary missing or out of date is an
+# error (exit 3), for tests that skip rather than build (integration/cluster).
 #
 #   hack/build-kube.sh [kube-apiserver|kube-proxy|...]...
 set -euo pipefail
@@ -42,6 +44,10 @@ for bin in "$@"; do
   if [ -x "$dst" ] && [ "$(cat "$dst.stamp" 2>/dev/null)" = "$stamp" ]; then
     echo "$dst"
     continue
+  fi
+  if [ "${PODNET_KUBE_NO_BUILD:-}" = 1 ]; then
+    echo "build-kube: $bin $version is not built in $out (make kube-node-tools builds it)" >&2
+    exit 3
   fi
   echo "build-kube: building $bin $version into $out (the first build takes ~5 minutes)" >&2
   start=$SECONDS

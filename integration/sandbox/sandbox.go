@@ -33,7 +33,16 @@ func Inside() bool { return os.Getenv(envInside) == "1" }
 // a new one, waits for it and returns its exit code with reexeced=true; the caller
 // must then exit with that code. Inside, it prepares the mounts and returns
 // reexeced=false. It needs root; without root it returns an error.
-func Enter() (reexeced bool, code int, err error) {
+func Enter() (reexeced bool, code int, err error) { return enter(0) }
+
+// EnterPID is Enter with a PID namespace as well: the sandboxed process is its PID 1
+// and gets a /proc of its own, and when it exits the kernel kills everything left
+// in the namespace — daemons that detach from their parent (containerd's shims,
+// the containers they run) included. It is for harnesses that run such daemons
+// (integration/cluster). PID 1 only receives the signals it handles.
+func EnterPID() (reexeced bool, code int, err error) { return enter(syscall.CLONE_NEWPID) }
+
+func enter(extra uintptr) (reexeced bool, code int, err error) {
 	if Inside() {
 		return false, 0, setup()
 	}
@@ -48,7 +57,7 @@ func Enter() (reexeced bool, code int, err error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	cmd.Env = append(os.Environ(), envInside+"=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS,
+		Cloneflags: syscall.CLONE_NEWNET | syscall.CLONE_NEWNS | extra,
 		Pdeathsig:  syscall.SIGKILL,
 	}
 	// The child cleans up on SIGINT/SIGTERM (its work dir, its daemons); pass
@@ -93,6 +102,12 @@ func setup() error {
 	if err := unix.Mount("tmpfs", NetNSDir, "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("sandbox: mount tmpfs on %s: %w", NetNSDir, err)
 	}
+	// PID 1 of a new PID namespace (EnterPID) needs a /proc that shows it.
+	if os.Getpid() == 1 {
+		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("sandbox: mount proc: %w", err)
+		}
+	}
 	// /sys shows the devices of the namespace that mounted it: remount it for ours.
 	if err := unix.Mount("sysfs", "/sys", "sysfs", 0, ""); err != nil {
 		return fmt.Errorf("sandbox: mount sysfs: %w", err)
@@ -103,11 +118,16 @@ func setup() error {
 // Main is the TestMain body for packages with kernel tests: as root it runs the
 // tests inside a sandbox; without root it runs them as they are, and kernel tests
 // skip themselves through Require.
-func Main(m *testing.M) {
+func Main(m *testing.M) { runMain(m, Enter) }
+
+// MainPID is Main with EnterPID.
+func MainPID(m *testing.M) { runMain(m, EnterPID) }
+
+func runMain(m *testing.M, enter func() (bool, int, error)) {
 	if os.Geteuid() != 0 {
 		os.Exit(m.Run())
 	}
-	reexeced, code, err := Enter()
+	reexeced, code, err := enter()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
