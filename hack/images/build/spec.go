@@ -118,7 +118,8 @@ func specs(version string) []spec {
 		{
 			// Upstream's image runs as nonroot with cap_net_bind_service on the
 			// binary; this one runs as root, given NET_BIND_SERVICE by its pod.
-			refs: []string{"registry.k8s.io/coredns/coredns:" + corednsVersion},
+			// deploy/e2e/coredns.yaml runs it as :local.
+			refs: []string{"registry.k8s.io/coredns/coredns:" + corednsVersion, "registry.k8s.io/coredns/coredns:local"},
 			config: v1.Config{
 				Env:          []string{pathEnv},
 				Entrypoint:   []string{"/coredns"},
