@@ -43,8 +43,8 @@ test -d /uploads -a -s /localhost.crt -a -s /localhost.key && id user-defined-in
 		{argv: []string{"sh", "-c", "echo ok; wget --help 2>&1 | head -1; nslookup 2>&1 | head -1; nc --help 2>&1 | head -1"},
 			want: "ok\nBusyBox"},
 	},
-	"pause":   {{argv: []string{"/pause", "-v"}, want: "pause.go 3.10.2"}},
-	"nginx":   {{argv: []string{"/usr/sbin/nginx", "-v"}, want: "nginx version"}},
+	"pause": {{argv: []string{"/pause", "-v"}, want: "pause.go 3.10.2"}},
+	"nginx": {{argv: []string{"/usr/sbin/nginx", "-v"}, want: "nginx version"}},
 	"coredns": {
 		{argv: []string{"/coredns", "-version"}, want: "CoreDNS-" + strings.TrimPrefix(corednsVersion, "v")},
 		{argv: []string{"/coredns", "-plugins"}, want: "\nkubernetes\n"},
