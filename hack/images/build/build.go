@@ -136,6 +136,7 @@ func Run(ctx context.Context, cfg Config) (*Manifest, error) {
 		return nil, err
 	}
 	defer unlock()
+	removeTemporaries(cfg.CacheDir)
 
 	in, err := b.inputs(ctx)
 	if err != nil {
@@ -233,6 +234,17 @@ func (b *builder) image(ctx context.Context, s spec, in *inputs) ([]Entry, error
 func FileName(ref string) string {
 	repo, tag, _ := strings.Cut(path.Base(ref), ":")
 	return repo + "_" + tag + ".tar"
+}
+
+// removeTemporaries removes what an interrupted run left: writeAtomic's temporary
+// files (.NAME.*) and compressed layers (*.layer.tmp). Called with the lock held.
+func removeTemporaries(dir string) {
+	for _, pattern := range []string{".*.*", "*.layer.tmp"} {
+		matches, _ := filepath.Glob(filepath.Join(dir, pattern))
+		for _, m := range matches {
+			os.Remove(m)
+		}
+	}
 }
 
 // lock takes an exclusive flock on p, waiting for it.

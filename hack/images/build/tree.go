@@ -34,6 +34,7 @@ type entry struct {
 	data     []byte      // regular file: content, when src is empty
 	link     string      // symlink target
 	uid, gid int
+	implicit bool // a directory made for what is under it, not added itself
 }
 
 // Tree is the root file system of a single-layer image, built in memory from host
@@ -120,15 +121,16 @@ func (t *Tree) put(p string, e *entry) {
 			}
 			continue
 		}
-		t.entries[dir] = &entry{mode: fs.ModeDir | 0o755}
+		t.entries[dir] = &entry{mode: fs.ModeDir | 0o755, implicit: true}
 	}
 	if old, ok := t.entries[c]; ok {
 		if old.mode == e.mode && old.src == e.src && old.link == e.link && string(old.data) == string(e.data) &&
 			old.uid == e.uid && old.gid == e.gid {
+			old.implicit = false
 			return
 		}
-		if old.mode.IsDir() && e.mode.IsDir() && old.uid == 0 && old.gid == 0 && old.mode.Perm() == 0o755 {
-			t.entries[c] = e // an implicit parent directory, now given its own mode or owner
+		if old.implicit && e.mode.IsDir() {
+			t.entries[c] = e // a parent directory, now added with its own mode or owner
 			return
 		}
 		t.fail(fmt.Errorf("/%s added twice, differently", c))

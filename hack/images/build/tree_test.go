@@ -110,6 +110,10 @@ func TestTreeErrors(t *testing.T) {
 			tr.AddBytes("/etc/passwd", nil, 0o644)
 		}, "not a directory"},
 		{"replacing a merged directory", func(tr *Tree) { tr.AddDir("/bin", 0o755) }, "added twice"},
+		{"a directory twice, differently", func(tr *Tree) {
+			tr.AddDir("/tmp", 0o755)
+			tr.AddDir("/tmp", 0o777|os.ModeSticky)
+		}, "added twice"},
 		{"missing source", func(tr *Tree) { tr.AddFile("/x", "/nonexistent/x") }, "no such file"},
 		{"first error kept", func(tr *Tree) {
 			tr.AddDir("rel", 0o755)
