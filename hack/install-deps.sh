@@ -17,6 +17,12 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -x /usr/bin/containerd ] || need+=(containerd)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# The e2e images (hack/images, make images) carry Debian's tools.
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)   # replaces a dynamic busybox
+[ -x /bin/nc.openbsd ] || need+=(netcat-openbsd)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
+[ -s /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing ${need[*]} and not root; install them first" >&2
