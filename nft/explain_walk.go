@@ -52,8 +52,18 @@ func explain(src elementSource, p Packet) (*Explanation, error) {
 		}
 	}
 	if !done {
+		w.step(chainServices, "", "", fmt.Sprintf("no rule matches %s to %s: not for a service, the packet goes on to the hostports chain",
+			p.protoText(), p.dstText()))
+		w.step(hook, jumpHostPorts(hook).text, "", "a new connection no service took goes to the hostports chain")
+		w.enter(chainHostPorts)
+		var err error
+		if done, err = w.hostPorts(); err != nil {
+			return nil, err
+		}
+	}
+	if !done {
 		w.ex.Verdict = VerdictNone
-		w.step(chainServices, "", "", fmt.Sprintf("no rule matches %s to %s: not for a service, the packet goes on without DNAT",
+		w.step(chainHostPorts, "", "", fmt.Sprintf("no hostPort maps %s to %s: the packet goes on without DNAT",
 			p.protoText(), p.dstText()))
 	}
 	if v := w.ex.Verdict; v == VerdictDNAT || v == VerdictNone {

@@ -197,6 +197,8 @@ podnet-trace prerouting (prerouting) return continue
 podnet-trace prerouting (prerouting) policy accept
 podnet prerouting (prerouting) rule jump services
 podnet services (prerouting) return continue
+podnet prerouting (prerouting) rule jump hostports
+podnet hostports (prerouting) return continue
 podnet prerouting (prerouting) return continue
 podnet prerouting (prerouting) policy accept
 podnet postrouting (postrouting) return continue
@@ -218,6 +220,8 @@ podnet-trace output (output) return continue
 podnet-trace output (output) policy accept
 podnet output (output) rule jump services
 podnet services (output) return continue
+podnet output (output) rule jump hostports
+podnet hostports (output) return continue
 podnet output (output) return continue
 podnet output (output) policy accept
 podnet postrouting (postrouting) return continue
