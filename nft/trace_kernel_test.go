@@ -205,7 +205,7 @@ podnet postrouting (postrouting) return continue
 podnet postrouting (postrouting) policy accept
 `,
 			check: func(t *testing.T, first []TraceEvent) {
-				if got, want := packet(first[7]), "iif=to-client oif=to-b tcp 10.244.1.2:sport > 10.244.3.2:8080"; got != want {
+				if got, want := packet(first[9]), "iif=to-client oif=to-b tcp 10.244.1.2:sport > 10.244.3.2:8080"; got != want {
 					t.Errorf("postrouting: %s, want the packet unchanged: %s", got, want)
 				}
 			},
