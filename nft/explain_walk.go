@@ -63,8 +63,11 @@ func explain(src elementSource, p Packet) (*Explanation, error) {
 	}
 	if !done {
 		w.ex.Verdict = VerdictNone
-		w.step(chainHostPorts, "", "", fmt.Sprintf("no hostPort maps %s to %s: the packet goes on without DNAT",
-			p.protoText(), p.dstText()))
+		what := fmt.Sprintf("no hostPort maps %s to %s: the packet goes on without DNAT", p.protoText(), p.dstText())
+		if p.Src.IsLoopback() {
+			what = fmt.Sprintf("hostPorts never translate a loopback source (%s): the packet goes on without DNAT", p.Src)
+		}
+		w.step(chainHostPorts, "", "", what)
 	}
 	if v := w.ex.Verdict; v == VerdictDNAT || v == VerdictNone {
 		if err := w.postrouting(); err != nil {
