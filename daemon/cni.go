@@ -172,16 +172,19 @@ func (h *cniHandler) add(req api.CNIRequest) (resp *api.CNIResponse, cerr *api.E
 	}
 	// The hostPorts: recorded (the table is programmed from the records),
 	// then programmed, or the ADD is undone.
-	rollback := func() {
-		if fresh {
-			if err := h.kernel.DelPod(p); err != nil {
-				h.warnf("rolling back a failed ADD: removing the pod interface failed", err)
-			}
+	rollback := func(release bool) {
+		if !fresh {
+			return
+		}
+		if err := h.kernel.DelPod(p); err != nil {
+			h.warnf("rolling back a failed ADD: removing the pod interface failed", err)
+		}
+		if release {
 			h.ipam.Release(req.ContainerID, req.IfName)
 		}
 	}
 	if err := h.pods.put(rec); err != nil {
-		rollback()
+		rollback(true)
 		if errors.Is(err, ErrHostPortConflict) {
 			return nil, cniErr(types.ErrInternal, "hostPort conflict", err)
 		}
@@ -189,12 +192,11 @@ func (h *cniHandler) add(req api.CNIRequest) (resp *api.CNIResponse, cerr *api.E
 	}
 	if err := h.awaitHostPorts(); err != nil {
 		h.warnf("removing the record of a failed ADD failed", h.pods.remove(req.ContainerID, req.IfName))
-		// The address goes back only once no mapping points at it.
-		if werr := h.awaitHostPorts(); werr != nil {
-			h.warnf("the hostPorts of a failed ADD are still programmed; its address stays allocated", werr)
-			fresh = false
-		}
-		rollback()
+		// The address goes back only once no mapping points at it; if that
+		// is not known, the runtime's DEL frees it.
+		werr := h.awaitHostPorts()
+		h.warnf("the hostPorts of a failed ADD may still be programmed; its address stays allocated until DEL", werr)
+		rollback(werr == nil)
 		return nil, cniErr(types.ErrTryAgainLater, "program the pod's hostPorts", err)
 	}
 	return &api.CNIResponse{Result: b}, nil

@@ -248,6 +248,9 @@ func TestCNIHostPortsSyncFails(t *testing.T) {
 	if n := len(td.ipam.List()); n != 1 {
 		t.Errorf("%d allocations after the failed ADD, want 1 (kept until a sync succeeds)", n)
 	}
+	if n := len(td.kernel.Pods); n != 0 {
+		t.Errorf("%d pod interfaces after the failed ADD, want 0", n)
+	}
 	if _, cerr := td.cni.Serve(cniReq("DEL", "c1")); cerr == nil || cerr.Code != types.ErrTryAgainLater {
 		t.Errorf("DEL while syncs fail: %v, want try again later", cerr)
 	}
