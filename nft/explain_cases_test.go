@@ -734,7 +734,7 @@ masquerade no: the client 2001:db8:1::1 is not in the cluster CIDRs and was not 
     no hostPort maps tcp to [2001:db8::11]:22: the packet goes on without DNAT
 [postrouting] (no rule)
     the client 2001:db8:1::1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
-`},	{"hostPort from outside", tcpTo("198.51.100.2", "192.168.1.11", 30000), `
+`}, {"hostPort from outside", tcpTo("198.51.100.2", "192.168.1.11", 30000), `
 verdict dnat
 hostport tcp . 30000
 chains prerouting services hostports
