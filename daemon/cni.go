@@ -38,6 +38,11 @@ type cniHandler struct {
 	// written or removed (the CNI call still succeeds).
 	pods *podStore
 	warn func(msg string, err error)
+	// hostPorts and trigger let a call wait until the sync loop programmed
+	// the records' hostPorts (hostports.go); nil hostPorts: no wait.
+	hostPorts    *hostPortSync
+	trigger      func()
+	hostPortWait time.Duration // 0: hostPortWait
 }
 
 func (h *cniHandler) warnf(msg string, err error) {
@@ -120,6 +125,13 @@ func (h *cniHandler) add(req api.CNIRequest) (resp *api.CNIResponse, cerr *api.E
 	if !st.Ready {
 		return nil, cniErr(types.ErrTryAgainLater, "podnetd is not ready: "+st.Reason, nil)
 	}
+	mappings, err := parsePortMappings(req.Config)
+	if err != nil {
+		return nil, cniErr(types.ErrInvalidNetworkConfig, "invalid port mappings", err)
+	}
+	if len(mappings) > 0 && h.pods == nil {
+		return nil, cniErr(types.ErrInternal, "port mappings need pod records, which this podnetd does not keep", nil)
+	}
 	defer h.lock(req.ContainerID, req.IfName)()
 	fresh := h.ipam.Get(req.ContainerID, req.IfName) == nil
 	allocs, err := h.ipam.Allocate(req.ContainerID, req.IfName)
@@ -149,12 +161,44 @@ func (h *cniHandler) add(req api.CNIRequest) (resp *api.CNIResponse, cerr *api.E
 	}
 	ns, name := cniArgs(req.Args)
 	rec := podRecord{ContainerID: req.ContainerID, IfName: req.IfName, NetNS: req.NetNS, Namespace: ns, Name: name,
-		HostVeth: links.HostVeth, Created: time.Now().UTC()}
+		HostVeth: links.HostVeth, Created: time.Now().UTC(), PortMappings: mappings}
 	for _, a := range allocs {
 		rec.Addresses = append(rec.Addresses, a.Addr.Addr().String())
 		rec.Created = a.Created
 	}
-	h.warnf("recording the pod for the debug API failed", h.pods.put(rec))
+	if len(mappings) == 0 {
+		h.warnf("recording the pod for the debug API failed", h.pods.put(rec))
+		return &api.CNIResponse{Result: b}, nil
+	}
+	// The hostPorts: recorded (the table is programmed from the records),
+	// then programmed, or the ADD is undone.
+	rollback := func(release bool) {
+		if !fresh {
+			return
+		}
+		if err := h.kernel.DelPod(p); err != nil {
+			h.warnf("rolling back a failed ADD: removing the pod interface failed", err)
+		}
+		if release {
+			h.ipam.Release(req.ContainerID, req.IfName)
+		}
+	}
+	if err := h.pods.put(rec); err != nil {
+		rollback(true)
+		if errors.Is(err, ErrHostPortConflict) {
+			return nil, cniErr(types.ErrInternal, "hostPort conflict", err)
+		}
+		return nil, cniErr(types.ErrIOFailure, "record the pod's port mappings", err)
+	}
+	if err := h.awaitHostPorts(); err != nil {
+		h.warnf("removing the record of a failed ADD failed", h.pods.remove(req.ContainerID, req.IfName))
+		// The address goes back only once no mapping points at it; if that
+		// is not known, the runtime's DEL frees it.
+		werr := h.awaitHostPorts()
+		h.warnf("the hostPorts of a failed ADD may still be programmed; its address stays allocated until DEL", werr)
+		rollback(werr == nil)
+		return nil, cniErr(types.ErrTryAgainLater, "program the pod's hostPorts", err)
+	}
 	return &api.CNIResponse{Result: b}, nil
 }
 
@@ -188,11 +232,22 @@ func defaultDst(gw netip.Addr) net.IPNet {
 	return net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
 }
 
-// del removes the veth pair (if any) and then releases the addresses, so an
-// address is never handed out while its old interface still exists. It succeeds
-// when everything is already gone or CNI_NETNS is empty.
+// del removes the pod's hostPorts from the table (if any), the veth pair (if
+// any), and then releases the addresses, so an address is never handed out
+// while its old interface or a mapping to it still exists. It succeeds when
+// everything is already gone or CNI_NETNS is empty.
 func (h *cniHandler) del(req api.CNIRequest) *api.Error {
 	defer h.lock(req.ContainerID, req.IfName)()
+	if rec, ok := h.pods.get(req.ContainerID, req.IfName); ok && len(rec.PortMappings) > 0 {
+		if err := h.pods.remove(req.ContainerID, req.IfName); err != nil {
+			return cniErr(types.ErrIOFailure, "remove the pod's port mappings", err)
+		}
+	}
+	// Also after a DEL that failed here: its record is gone, its mapping
+	// maybe not.
+	if err := h.awaitHostPorts(); err != nil {
+		return cniErr(types.ErrTryAgainLater, "remove the pod's hostPorts", err)
+	}
 	p := h.pod(req, nil, h.state())
 	if err := h.kernel.DelPod(p); err != nil {
 		return cniErr(types.ErrInternal, "remove pod interface", err)
@@ -255,9 +310,19 @@ func (h *cniHandler) gc(valid []types.GCAttachment) *api.Error {
 	for _, r := range h.pods.list() {
 		if !keep[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] {
 			unlock := h.lock(r.ContainerID, r.IfName)
-			h.warnf("removing a pod's debug record failed", h.pods.remove(r.ContainerID, r.IfName))
+			err := h.pods.remove(r.ContainerID, r.IfName)
 			unlock()
+			if err != nil && len(r.PortMappings) > 0 {
+				errs = append(errs, err) // its address must stay: the mapping stays
+				keep[types.GCAttachment{ContainerID: r.ContainerID, IfName: r.IfName}] = true
+			} else {
+				h.warnf("removing a pod's debug record failed", err)
+			}
 		}
+	}
+	// Addresses are freed only once no hostPort points at them.
+	if err := h.awaitHostPorts(); err != nil {
+		return cniErr(types.ErrInternal, "garbage collection incomplete", errors.Join(append(errs, err)...))
 	}
 	_, err = h.ipam.GC(func(cid, ifName string) bool {
 		return keep[types.GCAttachment{ContainerID: cid, IfName: ifName}]

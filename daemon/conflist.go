@@ -15,13 +15,17 @@ const ConflistName = "10-podnet.conflist"
 const NetworkName = "podnet"
 
 // renderConflist returns the conflist naming the podnet plugin and its socket.
+// The plugin asks for the portMappings capability (CNI CONVENTIONS.md), so
+// that runtimes pass a pod's hostPorts in runtimeConfig.portMappings, which the
+// plugin forwards with the rest of the configuration (hostports.go).
 func renderConflist(cniVersion, socket string) ([]byte, error) {
 	list := map[string]any{
 		"cniVersion": cniVersion,
 		"name":       NetworkName,
 		"plugins": []map[string]any{{
-			"type":   "podnet",
-			"socket": socket,
+			"type":         "podnet",
+			"socket":       socket,
+			"capabilities": map[string]bool{"portMappings": true},
 		}},
 	}
 	b, err := json.MarshalIndent(list, "", "  ")

@@ -7,6 +7,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/containernetworking/cni/libcni"
 )
 
 func TestRenderConflist(t *testing.T) {
@@ -27,6 +29,27 @@ func TestRenderConflist(t *testing.T) {
 	}
 	if len(list.Plugins) != 1 || list.Plugins[0]["type"] != "podnet" || list.Plugins[0]["socket"] != "/run/podnet/test.sock" {
 		t.Errorf("plugins = %v, want one of type podnet with the socket", list.Plugins)
+	}
+	// libcni passes runtimeConfig.portMappings only to a plugin that asks.
+	conf, err := libcni.ConfListFromBytes(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(conf.Plugins) != 1 {
+		t.Fatalf("libcni reads %d plugins", len(conf.Plugins))
+	}
+	if got := conf.Plugins[0].Network.Capabilities; !got["portMappings"] || len(got) != 1 {
+		t.Errorf("capabilities = %v, want only portMappings", got)
+	}
+	// What libcni sends for RuntimeConf.CapabilityArgs["portMappings"].
+	pm := []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}
+	injected, err := libcni.InjectConf(conf.Plugins[0], map[string]any{"runtimeConfig": map[string]any{"portMappings": pm}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mappings, err := parsePortMappings(injected.Bytes)
+	if err != nil || len(mappings) != 1 || mappings[0].HostPort != 8080 {
+		t.Errorf("mappings from the injected conf: %+v, %v", mappings, err)
 	}
 }
 

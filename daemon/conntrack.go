@@ -85,6 +85,27 @@ func frontendsOf(services []*nft.Service) frontends {
 	return out
 }
 
+// addHostPorts adds the UDP hostPorts to fs: a mapping on one address is the
+// frontend of that address and port, one on any address that of the port
+// alone (as a NodePort), served by the pod. A frontend a service also has
+// (a NodePort and a hostPort of one number) is served by both's endpoints.
+func (fs frontends) addHostPorts(hps []nft.HostPort) {
+	for _, h := range hps {
+		proto, ok := ctProtocols[h.Protocol]
+		if !ok {
+			continue
+		}
+		fe := frontend{proto: proto, port: h.Port}
+		if !h.Any() {
+			fe.vip = h.HostIP
+		}
+		if fs[fe] == nil {
+			fs[fe] = map[endpointPort]bool{}
+		}
+		fs[fe][endpointPort{h.PodIP, h.PodPort}] = true
+	}
+}
+
 // servingEndpoints are the endpoints of svc whose address keep passes that the
 // table may send port's traffic to: those with the port that are ready, or
 // serving and terminating (nft.Endpoint).
@@ -143,22 +164,26 @@ func sortFilters(fs []conntrack.Filter) []conntrack.Filter {
 type conntrackCleaner struct {
 	ct      conntrack.Interface
 	source  *Cluster  // the cluster whose services last came from
+	hpGen   uint64    // the generation of the pod records' hostPorts last seen
 	last    frontends // nil before the first sync that programmed the table
 	pending []conntrack.Filter
 }
 
-// next records the services the table now holds, programmed from c, and
-// returns the filters to delete with: those of the change since the last call,
-// and those of a failed delete that still select stale entries. The first call
-// returns none: what the table held before podnetd started is unknown. A
-// Cluster is never changed once stored, and the table programs the same
-// services from the same cluster, so a resync of the same cluster only retries.
-func (cl *conntrackCleaner) next(c *Cluster, programmed []*nft.Service) []conntrack.Filter {
-	if cl.last != nil && c == cl.source {
+// next records the services and hostPorts the table now holds, the services
+// programmed from c and the hostPorts of generation hpGen of the pod records,
+// and returns the filters to delete with: those of the change since the last
+// call, and those of a failed delete that still select stale entries. The
+// first call returns none: what the table held before podnetd started is
+// unknown. A Cluster is never changed once stored, and the table programs the
+// same services from the same cluster, so a resync of the same cluster and
+// hostPorts only retries.
+func (cl *conntrackCleaner) next(c *Cluster, programmed []*nft.Service, hostPorts []nft.HostPort, hpGen uint64) []conntrack.Filter {
+	if cl.last != nil && c == cl.source && hpGen == cl.hpGen {
 		return cl.retries(cl.last)
 	}
 	prev, cur := cl.last, frontendsOf(programmed)
-	cl.source, cl.last = c, cur
+	cur.addHostPorts(hostPorts)
+	cl.source, cl.hpGen, cl.last = c, hpGen, cur
 	if prev == nil {
 		return nil
 	}
@@ -197,12 +222,12 @@ func stillStale(f conntrack.Filter, serving map[endpointPort]bool) bool {
 // programmed services, after a sync that programmed the table from c. Failures are
 // logged, counted in the status and returned for the metrics only: they do not
 // fail the sync, and the filters are retried at the next one.
-func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service) error {
+func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service, hostPorts []nft.HostPort, hpGen uint64) error {
 	cl := d.ctClean
 	if cl == nil {
 		return nil
 	}
-	filters := cl.next(c, programmed)
+	filters := cl.next(c, programmed, hostPorts, hpGen)
 	if len(filters) == 0 {
 		return nil
 	}

@@ -74,6 +74,9 @@ type Daemon struct {
 
 	// ctClean deletes stale conntrack entries after syncs; nil if turned off.
 	ctClean *conntrackCleaner
+	// hostPorts tells CNI calls which pod records' hostPorts the table holds
+	// (hostports.go).
+	hostPorts *hostPortSync
 
 	// life is readiness for /readyz and systemd's READY=1 (health.go).
 	life lifecycle
@@ -96,7 +99,7 @@ func New(cfg Config, log *zap.Logger, deps Deps) (*Daemon, error) {
 		return nil, err
 	}
 	d := &Daemon{cfg: cfg, log: log, kernel: deps.Kernel, nft: deps.NFT, trigger: make(chan struct{}, 1), sysctl: sysctlWriter(cfg.SysctlDir),
-		source: deps.Source, updated: make(chan struct{}, 1), tracer: deps.Tracer}
+		source: deps.Source, updated: make(chan struct{}, 1), tracer: deps.Tracer, hostPorts: newHostPortSync()}
 	if d.source == nil {
 		src, err := newSource(cfg, d)
 		if err != nil {
@@ -164,7 +167,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.pods = pods
 	d.cni = &cniHandler{ipam: alloc, kernel: d.kernel, state: func() podNet { return *d.podNet.Load() }, pods: pods,
-		warn: func(msg string, err error) { d.log.Warn(msg, zap.Error(err)) }}
+		warn:      func(msg string, err error) { d.log.Warn(msg, zap.Error(err)) },
+		hostPorts: d.hostPorts, trigger: d.Trigger}
 	ln, err := listen(d.cfg.Socket, d.socketGID)
 	if err != nil {
 		return err
@@ -364,9 +368,17 @@ func (d *Daemon) recordSync(start time.Time, err error) {
 }
 
 // syncNode makes the kernel match the cluster state: IPAM ranges, bridge, peer
-// routes, nft table (masquerade and services), then the CNI conflist. Values
-// the table skips as invalid are logged and reported, not retried.
-func (d *Daemon) syncNode() error {
+// routes, nft table (masquerade, services and the pods' hostPorts), then the
+// CNI conflist. Values the table skips as invalid are logged and reported,
+// not retried. CNI calls waiting for hostPorts learn the outcome.
+func (d *Daemon) syncNode() (err error) {
+	hostPorts, hpGen := d.pods.hostPorts()
+	hpDone := false
+	defer func() {
+		if !hpDone { // the table was not reached
+			d.hostPorts.synced(0, err)
+		}
+	}()
 	c := d.cluster.Load()
 	node, ok := c.Node(d.cfg.NodeName)
 	if !ok {
@@ -404,13 +416,16 @@ func (d *Daemon) syncNode() error {
 	steps.done(ctlRoutes, routeErr)
 	state := desiredNFT(c, node.Name, d.stateBuf)
 	d.stateBuf = state.Services
+	state.HostPorts = hostPorts
 	nftSkipped, nftErr := splitSkipped(d.nft.Sync(state))
+	d.hostPorts.synced(hpGen, nftErr)
+	hpDone = true
 	steps.done(ctlServices, nftErr)
 	if nftErr == nil { // the table holds this state, less what it skipped
 		v := newServiceView(c, nftSkipped)
 		d.logRefused(d.services.Swap(v), v)
 		d.metrics.setServices(v)
-		ctErr := d.cleanConntrack(c, v.programmed)
+		ctErr := d.cleanConntrack(c, v.programmed, hostPorts, hpGen)
 		if d.ctClean != nil {
 			steps.done(ctlConntrack, ctErr)
 		}

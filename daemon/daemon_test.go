@@ -70,7 +70,8 @@ func newTestDaemon(t *testing.T, change func(*Config)) *testDaemon {
 		t.Fatalf("openPodStore: %v", err)
 	}
 	d.pods = pods
-	d.cni = &cniHandler{ipam: alloc, kernel: td.kernel, state: func() podNet { return *d.podNet.Load() }, pods: pods}
+	d.cni = &cniHandler{ipam: alloc, kernel: td.kernel, state: func() podNet { return *d.podNet.Load() }, pods: pods,
+		hostPorts: d.hostPorts, trigger: d.Trigger}
 	td.Daemon = d
 	return td
 }

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/podnet/podnet/nft"
 )
 
 // podRecord is what a successful CNI ADD knew about a pod that neither IPAM
@@ -29,6 +31,11 @@ type podRecord struct {
 	HostVeth    string    `json:"hostVeth"`
 	Addresses   []string  `json:"addresses"`
 	Created     time.Time `json:"created"`
+	// PortMappings are the attachment's hostPorts (hostports.go): the
+	// table's mappings come from the records, so a record that has them is
+	// written durably and must be written (and removed) for the CNI call to
+	// succeed.
+	PortMappings []portMapping `json:"portMappings,omitempty"`
 }
 
 type podKey struct{ containerID, ifName string }
@@ -41,6 +48,11 @@ type podStore struct {
 	dir string
 	mu  sync.Mutex
 	m   map[podKey]podRecord
+	// gen counts the changes to the records' hostPorts (under mu); 0 while
+	// no record ever had any.
+	gen uint64
+	// claimMu serialises claims: a conflict check and the insert it allows.
+	claimMu sync.Mutex
 }
 
 // openPodStore loads the records under dir, creating it. Unreadable or
@@ -70,6 +82,9 @@ func openPodStore(dir string) (*podStore, error) {
 			continue
 		}
 		s.m[podKey{r.ContainerID, r.IfName}] = r
+		if len(r.PortMappings) > 0 {
+			s.gen = 1 // the table may not hold them yet
+		}
 	}
 	return s, errors.Join(errs...)
 }
@@ -81,10 +96,14 @@ func (s *podStore) fileName(k podKey) string {
 	return filepath.Join(s.dir, hex.EncodeToString(h[:12])+".json")
 }
 
-// put stores r, replacing the record of the same attachment.
+// put stores r, replacing the record of the same attachment. A record with
+// PortMappings goes through claim instead.
 func (s *podStore) put(r podRecord) error {
 	if s == nil {
 		return nil
+	}
+	if len(r.PortMappings) > 0 {
+		return s.claim(r)
 	}
 	data, err := json.Marshal(r)
 	if err != nil {
@@ -97,9 +116,91 @@ func (s *podStore) put(r podRecord) error {
 		return fmt.Errorf("pod record: %w", err)
 	}
 	s.mu.Lock()
+	if len(s.m[k].PortMappings) > 0 {
+		s.gen++ // a record with hostPorts replaced by one without
+	}
 	s.m[k] = r
 	s.mu.Unlock()
 	return nil
+}
+
+// claim stores r, which has PortMappings, unless another attachment's record
+// maps one of the same hostPorts (a *conflictError, matching
+// ErrHostPortConflict). The record is written durably (fsync of the file and
+// the directory): a restarted podnetd programs the table from it.
+func (s *podStore) claim(r podRecord) error {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	k := podKey{r.ContainerID, r.IfName}
+	want := r.hostPorts()
+	s.mu.Lock()
+	others := make([]podRecord, 0, len(s.m))
+	for ok, o := range s.m {
+		if ok != k && len(o.PortMappings) > 0 {
+			others = append(others, o)
+		}
+	}
+	s.mu.Unlock()
+	sortRecords(others)
+	for _, o := range others {
+		for _, theirs := range o.hostPorts() {
+			for _, mine := range want {
+				if overlap(mine, theirs) {
+					return &conflictError{mapping: mine, holder: o}
+				}
+			}
+		}
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	path := s.fileName(k)
+	if _, err := replaceFile(s.dir, ".record-*", path, 0o600, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	}); err != nil {
+		return fmt.Errorf("pod record: %w", err)
+	}
+	s.mu.Lock()
+	s.m[k] = r
+	s.gen++
+	s.mu.Unlock()
+	return nil
+}
+
+// hostPortGen is the generation of the records' hostPorts: it moves at each
+// change to them.
+func (s *podStore) hostPortGen() uint64 {
+	if s == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// hostPorts returns the table's mappings for every record, in the order of
+// their container IDs, and the generation they are of.
+func (s *podStore) hostPorts() ([]nft.HostPort, uint64) {
+	if s == nil {
+		return nil, 0
+	}
+	s.mu.Lock()
+	var rs []podRecord
+	for _, r := range s.m {
+		if len(r.PortMappings) > 0 {
+			rs = append(rs, r)
+		}
+	}
+	gen := s.gen
+	s.mu.Unlock()
+	sortRecords(rs)
+	var out []nft.HostPort
+	for _, r := range rs {
+		out = append(out, r.hostPorts()...)
+	}
+	return out, gen
 }
 
 // writeRecord replaces path with data through a temp file and a rename, so a
@@ -123,19 +224,35 @@ func writeRecord(path string, data []byte) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// remove deletes the record of an attachment; a missing one is no error.
+// remove deletes the record of an attachment; a missing one is no error. The
+// file goes first: a record whose file could not be removed stays, so that
+// its hostPorts stay what a restarted podnetd would program.
 func (s *podStore) remove(containerID, ifName string) error {
 	if s == nil {
 		return nil
 	}
 	k := podKey{containerID, ifName}
-	s.mu.Lock()
-	delete(s.m, k)
-	s.mu.Unlock()
 	if err := os.Remove(s.fileName(k)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("pod record: %w", err)
 	}
+	s.mu.Lock()
+	if len(s.m[k].PortMappings) > 0 {
+		s.gen++
+	}
+	delete(s.m, k)
+	s.mu.Unlock()
 	return nil
+}
+
+// get returns the record of an attachment.
+func (s *podStore) get(containerID, ifName string) (podRecord, bool) {
+	if s == nil {
+		return podRecord{}, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.m[podKey{containerID, ifName}]
+	return r, ok
 }
 
 // list returns the records sorted by pod name, then container ID.

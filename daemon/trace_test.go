@@ -101,14 +101,14 @@ func TestTrace(t *testing.T) {
 		},
 		{
 			name: "pod to pod on the node", from: "c1", to: "10.244.0.3:8080",
-			events:      events(pod, ap("10.244.0.3:8080"), []string{"prerouting", "services"}, "continue", netip.AddrPort{}),
+			events:      events(pod, ap("10.244.0.3:8080"), []string{"prerouting", "services", "hostports"}, "continue", netip.AddrPort{}),
 			wantOutcome: api.TraceDelivered,
 			wantHops:    []string{"on-link over eth0", "forwards the frame", "nftables services: no rule matches", "pod default/web-2 eth0: receives it"},
 			wantAgrees:  true,
 		},
 		{
 			name: "pod to a pod of another node", from: "10.244.0.2", to: "10.244.2.5",
-			events:      events(ap("10.244.0.2:40000"), ap("10.244.2.5:80"), []string{"prerouting", "services"}, "continue", netip.AddrPort{}),
+			events:      events(ap("10.244.0.2:40000"), ap("10.244.2.5:80"), []string{"prerouting", "services", "hostports"}, "continue", netip.AddrPort{}),
 			wantOutcome: api.TraceDelivered,
 			wantHops:    []string{"to node node-c via 192.168.1.12 dev eth0; node node-c owns podCIDR 10.244.2.0/24", "node node-c: routes it to its bridge"},
 			wantAgrees:  true,
@@ -124,7 +124,7 @@ func TestTrace(t *testing.T) {
 		},
 		{
 			name: "nothing routes it, yet the probe connects", from: "default/web-1", to: "203.0.113.9:443",
-			events:      events(pod, ap("203.0.113.9:443"), []string{"prerouting", "services"}, "continue", netip.AddrPort{}),
+			events:      events(pod, ap("203.0.113.9:443"), []string{"prerouting", "services", "hostports"}, "continue", netip.AddrPort{}),
 			wantOutcome: api.TraceDropped, wantProbe: "predicted a drop; the connection was connected",
 		},
 		{
@@ -134,7 +134,7 @@ func TestTrace(t *testing.T) {
 		},
 		{
 			name: "delivery predicted, but unreachable", from: "default/web-1", to: "10.244.2.5:80", probeResult: routing.ProbeUnreachable,
-			events:      events(pod, ap("10.244.2.5:80"), []string{"prerouting", "services"}, "continue", netip.AddrPort{}),
+			events:      events(pod, ap("10.244.2.5:80"), []string{"prerouting", "services", "hostports"}, "continue", netip.AddrPort{}),
 			wantOutcome: api.TraceDelivered, wantProbe: "predicted delivery; the connection was unreachable",
 		},
 	}

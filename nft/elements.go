@@ -12,8 +12,11 @@ func (spec setSpec) elements(d desired) []nftables.SetElement {
 	if spec.dynamic {
 		return nil
 	}
-	if spec.svc {
+	if spec.typed() {
 		es := d.svc.elems[spec.name]
+		if spec.hostPort {
+			es = d.hostPorts[spec.name]
+		}
 		elems := make([]nftables.SetElement, len(es))
 		for i, e := range es {
 			elems[i] = e.setElement()

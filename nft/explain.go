@@ -39,20 +39,26 @@ type Explanation struct {
 	// Steps are the rules that matched, in the order the packet meets them.
 	Steps []ExplainStep
 	// Verdict is "dnat" (to one of Backends), "reject", "drop", or "none":
-	// no service rule matched and the packet passes without DNAT.
+	// no service or hostPort rule matched and the packet passes without
+	// DNAT.
 	Verdict string
 	// Service is the matched service port as nft lists its element's key,
 	// "VIP . proto . port" or "proto . nodePort"; "" if none.
 	Service string
+	// HostPort is the matched hostPort mapping as nft lists its element's
+	// key, "hostIP . proto . port" or "proto . port" (any local address);
+	// "" if none. Only a packet no service takes meets the hostPorts.
+	HostPort string
 	// Chains are the table's chains the packet goes through in the
 	// destination NAT hook, in order, named as in the table (and so as an
 	// nftrace event names them): prerouting or output, services, then the
-	// endpoint-count chain or no-endpoints. The source NAT chain, postrouting,
+	// endpoint-count chain or no-endpoints, or if no service took the
+	// packet, hostports. The source NAT chain, postrouting,
 	// is described by Masquerade and the last step.
 	Chains []string
 	// Backends are the endpoints the DNAT may choose; with session affinity
 	// and an affinity element for the client, only the endpoint it is pinned
-	// to.
+	// to; for a hostPort, its pod.
 	Backends []netip.AddrPort
 	// Masquerade says postrouting masquerades the connection, to at least
 	// one of Backends (MasqReason then names them if not to all), or to Dst
@@ -197,6 +203,9 @@ func (e *Explanation) String() string {
 	fmt.Fprintf(&b, "verdict %s\n", e.Verdict)
 	if e.Service != "" {
 		fmt.Fprintf(&b, "service %s\n", e.Service)
+	}
+	if e.HostPort != "" {
+		fmt.Fprintf(&b, "hostport %s\n", e.HostPort)
 	}
 	fmt.Fprintf(&b, "chains %s\n", strings.Join(e.Chains, " "))
 	if len(e.Backends) > 0 {

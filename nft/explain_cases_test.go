@@ -66,6 +66,12 @@ var explainState = State{
 			Endpoints:  []Endpoint{explainEndpoint("198.51.100.50", "")},
 		},
 	},
+	HostPorts: []HostPort{
+		{Protocol: TCP, Port: 30000, PodIP: netip.MustParseAddr("10.244.2.2"), PodPort: 8080},
+		{HostIP: netip.MustParseAddr("192.168.1.11"), Protocol: UDP, Port: 30001, PodIP: netip.MustParseAddr("10.244.3.2"), PodPort: 5353},
+		{Protocol: TCP, Port: 30080, PodIP: netip.MustParseAddr("10.244.3.2"), PodPort: 8080}, // the NodePort of ext wins
+		{Protocol: TCP, Port: 30000, PodIP: netip.MustParseAddr("fd00:10:244:2::2"), PodPort: 8080},
+	},
 }
 
 // explainEndpoint is a ready endpoint on node serving http on 8080.
@@ -411,23 +417,31 @@ masquerade yes: marked 0x00004000 in services: masqueraded to the node's address
 `},
 	{"NodePort on another node's address", tcpTo("198.51.100.2", "192.168.1.12", 30080), `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade no: the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches tcp to 192.168.1.12:30080: not for a service, the packet goes on without DNAT
+    no rule matches tcp to 192.168.1.12:30080: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to 192.168.1.12:30080: the packet goes on without DNAT
 [postrouting] (no rule)
     the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 `},
 	{"NodePort on loopback", fromNode(tcpTo("127.0.0.1", "127.0.0.1", 30080)), `
 verdict none
-chains output services
+chains output services hostports
 masquerade no: the client 127.0.0.1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 [output] jump services
     a new connection the node itself opens goes to the services chain
 [services] (no rule)
-    no rule matches tcp to 127.0.0.1:30080: not for a service, the packet goes on without DNAT
+    no rule matches tcp to 127.0.0.1:30080: not for a service, the packet goes on to the hostports chain
+[output] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    hostPorts never translate a loopback source (127.0.0.1): the packet goes on without DNAT
 [postrouting] (no rule)
     the client 127.0.0.1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 `},
@@ -615,82 +629,236 @@ masquerade no: the pod 10.244.1.2 reaches 10.244.2.2:8080, 10.244.3.2:8080, in t
 `},
 	{"pod to pod", tcpTo("10.244.1.2", "10.244.2.2", 8080), `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade no: the pod 10.244.1.2 reaches 10.244.2.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches tcp to 10.244.2.2:8080: not for a service, the packet goes on without DNAT
+    no rule matches tcp to 10.244.2.2:8080: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to 10.244.2.2:8080: the packet goes on without DNAT
 [postrouting] (no rule)
     the pod 10.244.1.2 reaches 10.244.2.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
 `},
 	{"pod to a node", tcpTo("10.244.1.2", "192.168.1.12", 22), `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade no: the pod 10.244.1.2 reaches 192.168.1.12:22, a node (node-ips-v4): no rule matches, the client keeps its address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches tcp to 192.168.1.12:22: not for a service, the packet goes on without DNAT
+    no rule matches tcp to 192.168.1.12:22: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to 192.168.1.12:22: the packet goes on without DNAT
 [postrouting] (no rule)
     the pod 10.244.1.2 reaches 192.168.1.12:22, a node (node-ips-v4): no rule matches, the client keeps its address
 `},
 	{"pod to outside the cluster", Packet{Src: netip.MustParseAddr("10.244.1.2"), Dst: netip.MustParseAddr("8.8.8.8"), Proto: unix.IPPROTO_UDP, DstPort: 53}, `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade yes: the pod 10.244.1.2 reaches 8.8.8.8:53, outside the cluster CIDRs and not a node: masqueraded to the node's address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches udp to 8.8.8.8:53: not for a service, the packet goes on without DNAT
+    no rule matches udp to 8.8.8.8:53: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps udp to 8.8.8.8:53: the packet goes on without DNAT
 [postrouting] ip saddr @cluster-cidrs-v4 ip daddr != @cluster-cidrs-v4 ip daddr != @node-ips-v4 masquerade fully-random
     element 10.244.0.0/16
     the pod 10.244.1.2 reaches 8.8.8.8:53, outside the cluster CIDRs and not a node: masqueraded to the node's address
 `},
 	{"pod at the top of an interval open to the end", tcpTo("255.255.255.254", "8.8.8.8", 443), `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade yes: the pod 255.255.255.254 reaches 8.8.8.8:443, outside the cluster CIDRs and not a node: masqueraded to the node's address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches tcp to 8.8.8.8:443: not for a service, the packet goes on without DNAT
+    no rule matches tcp to 8.8.8.8:443: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to 8.8.8.8:443: the packet goes on without DNAT
 [postrouting] ip saddr @cluster-cidrs-v4 ip daddr != @cluster-cidrs-v4 ip daddr != @node-ips-v4 masquerade fully-random
     element 240.0.0.0/4
     the pod 255.255.255.254 reaches 8.8.8.8:443, outside the cluster CIDRs and not a node: masqueraded to the node's address
 `},
 	{"outside to outside", tcpTo("198.51.100.2", "192.0.2.9", 80), `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade no: the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches tcp to 192.0.2.9:80: not for a service, the packet goes on without DNAT
+    no rule matches tcp to 192.0.2.9:80: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to 192.0.2.9:80: the packet goes on without DNAT
 [postrouting] (no rule)
     the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 `},
 	{"IPv6 pod to outside the cluster", tcpTo("fd00:10:244:1::2", "2001:db8:1::1", 443), `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade yes: the pod fd00:10:244:1::2 reaches [2001:db8:1::1]:443, outside the cluster CIDRs and not a node: masqueraded to the node's address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches tcp to [2001:db8:1::1]:443: not for a service, the packet goes on without DNAT
+    no rule matches tcp to [2001:db8:1::1]:443: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to [2001:db8:1::1]:443: the packet goes on without DNAT
 [postrouting] ip6 saddr @cluster-cidrs-v6 ip6 daddr != @cluster-cidrs-v6 ip6 daddr != @node-ips-v6 masquerade fully-random
     element fd00:10:244::/48
     the pod fd00:10:244:1::2 reaches [2001:db8:1::1]:443, outside the cluster CIDRs and not a node: masqueraded to the node's address
 `},
 	{"IPv6 outside to the node", tcpTo("2001:db8:1::1", "2001:db8::11", 22), `
 verdict none
-chains prerouting services
+chains prerouting services hostports
 masquerade no: the client 2001:db8:1::1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
 [services] (no rule)
-    no rule matches tcp to [2001:db8::11]:22: not for a service, the packet goes on without DNAT
+    no rule matches tcp to [2001:db8::11]:22: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to [2001:db8::11]:22: the packet goes on without DNAT
+[postrouting] (no rule)
+    the client 2001:db8:1::1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+`}, {"hostPort from outside", tcpTo("198.51.100.2", "192.168.1.11", 30000), `
+verdict dnat
+hostport tcp . 30000
+chains prerouting services hostports
+backends 10.244.2.2:8080
+masquerade no: the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] (no rule)
+    no rule matches tcp to 192.168.1.11:30000: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] ip saddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @hostports-any-v4
+    element tcp . 30000 : 10.244.2.2 . 8080
+    192.168.1.11 is a local address and the hostPort tcp . 30000 maps every local address: DNAT to the pod 10.244.2.2:8080
+[postrouting] (no rule)
+    the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+`},
+	{"hostPort hairpin", tcpTo("10.244.2.2", "192.168.1.11", 30000), `
+verdict dnat
+hostport tcp . 30000
+chains prerouting services hostports
+backends 10.244.2.2:8080
+masquerade yes: the pod 10.244.2.2 reached itself through its own hostPort: masqueraded, so that the reply comes from another address than its own
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] (no rule)
+    no rule matches tcp to 192.168.1.11:30000: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] ip saddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @hostports-any-v4
+    element tcp . 30000 : 10.244.2.2 . 8080
+    192.168.1.11 is a local address and the hostPort tcp . 30000 maps every local address: DNAT to the pod 10.244.2.2:8080
+[postrouting] ct status dnat ip saddr . ip daddr @hostport-hairpin-v4 masquerade fully-random
+    element 10.244.2.2 . 10.244.2.2
+    the pod 10.244.2.2 reached itself through its own hostPort: masqueraded, so that the reply comes from another address than its own
+`},
+	{"hostPort on another node's address", tcpTo("198.51.100.2", "192.168.1.12", 30000), `
+verdict none
+chains prerouting services hostports
+masquerade no: the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] (no rule)
+    no rule matches tcp to 192.168.1.12:30000: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    no hostPort maps tcp to 192.168.1.12:30000: the packet goes on without DNAT
+[postrouting] (no rule)
+    the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+`},
+	{"hostPort with a hostIP, UDP", udpTo("198.51.100.2", "192.168.1.11", 30001), `
+verdict dnat
+hostport 192.168.1.11 . udp . 30001
+chains prerouting services hostports
+backends 10.244.3.2:5353
+masquerade no: the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] (no rule)
+    no rule matches udp to 192.168.1.11:30001: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] ip saddr != 127.0.0.0/8 fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports-v4
+    element 192.168.1.11 . udp . 30001 : 10.244.3.2 . 5353
+    192.168.1.11 is a local address and the hostPort 192.168.1.11 . udp . 30001 maps it: DNAT to the pod 10.244.3.2:5353
+[postrouting] (no rule)
+    the client 198.51.100.2 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+`},
+	{"hostPort from a loopback source", fromNode(tcpTo("127.0.0.1", "127.0.0.1", 30000)), `
+verdict none
+chains output services hostports
+masquerade no: the client 127.0.0.1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+[output] jump services
+    a new connection the node itself opens goes to the services chain
+[services] (no rule)
+    no rule matches tcp to 127.0.0.1:30000: not for a service, the packet goes on to the hostports chain
+[output] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] (no rule)
+    hostPorts never translate a loopback source (127.0.0.1): the packet goes on without DNAT
+[postrouting] (no rule)
+    the client 127.0.0.1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+`},
+	{"IPv6 hostPort", tcpTo("2001:db8:1::1", "2001:db8::11", 30000), `
+verdict dnat
+hostport tcp . 30000
+chains prerouting services hostports
+backends [fd00:10:244:2::2]:8080
+masquerade no: the client 2001:db8:1::1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] (no rule)
+    no rule matches tcp to [2001:db8::11]:30000: not for a service, the packet goes on to the hostports chain
+[prerouting] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] ip6 saddr != ::1 fib daddr type local dnat ip6 to meta l4proto . th dport map @hostports-any-v6
+    element tcp . 30000 : fd00:10:244:2::2 . 8080
+    2001:db8::11 is a local address and the hostPort tcp . 30000 maps every local address: DNAT to the pod [fd00:10:244:2::2]:8080
 [postrouting] (no rule)
     the client 2001:db8:1::1 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
 `},
+	{"hostPort from the node itself", fromNode(tcpTo("192.168.1.11", "192.168.1.11", 30000)), `
+verdict dnat
+hostport tcp . 30000
+chains output services hostports
+backends 10.244.2.2:8080
+masquerade no: the client 192.168.1.11 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+[output] jump services
+    a new connection the node itself opens goes to the services chain
+[services] (no rule)
+    no rule matches tcp to 192.168.1.11:30000: not for a service, the packet goes on to the hostports chain
+[output] jump hostports
+    a new connection no service took goes to the hostports chain
+[hostports] ip saddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @hostports-any-v4
+    element tcp . 30000 : 10.244.2.2 . 8080
+    192.168.1.11 is a local address and the hostPort tcp . 30000 maps every local address: DNAT to the pod 10.244.2.2:8080
+[postrouting] (no rule)
+    the client 192.168.1.11 is not in the cluster CIDRs and was not marked: no rule matches, it keeps its address
+`},
+}
+
+func udpTo(src, dst string, port uint16) Packet {
+	p := tcpTo(src, dst, port)
+	p.Proto = unix.IPPROTO_UDP
+	return p
 }

@@ -100,11 +100,15 @@ func (w *walker) masquerade(dst netip.Addr) (masqDecision, string, error) {
 			return masqDecision{rule: r.text, masq: true, what: func(string) string {
 				return fmt.Sprintf("marked 0x%08x in %s: masqueraded to the node's address", masqMark, chainServices)
 			}}, "", nil
-		case "hairpin-v4", "hairpin-v6":
-			if r.role != w.f.name(setHairpin) || w.ex.Verdict != VerdictDNAT {
+		case "hairpin-v4", "hairpin-v6", "hostport-hairpin-v4", "hostport-hairpin-v6":
+			set, through := setHairpin, "the service"
+			if w.ex.HostPort != "" {
+				set, through = setHostPortHairpin, "its own hostPort"
+			}
+			if r.role != w.f.name(set) || w.ex.Verdict != VerdictDNAT {
 				continue
 			}
-			e, ok, err := w.get(setHairpin, newKey().addr(p.Src).addr(dst))
+			e, ok, err := w.get(set, newKey().addr(p.Src).addr(dst))
 			if err != nil {
 				return masqDecision{}, "", err
 			}
@@ -112,7 +116,7 @@ func (w *walker) masquerade(dst netip.Addr) (masqDecision, string, error) {
 				continue
 			}
 			return masqDecision{rule: r.text, elem: e.text(), masq: true, what: func(string) string {
-				return fmt.Sprintf("the pod %s reached itself through the service: masqueraded, so that the reply comes from another address than its own", p.Src)
+				return fmt.Sprintf("the pod %s reached itself through %s: masqueraded, so that the reply comes from another address than its own", p.Src, through)
 			}}, "", nil
 		default:
 			return masqDecision{}, "", fmt.Errorf("nft: explain: no walk for rule %s of chain %s", r.role, chainPostrouting)

@@ -83,6 +83,8 @@ func newMemSource(s State) *memSource {
 		case spec.dynamic:
 		case spec.svc:
 			es = d.svc.elems[spec.name]
+		case spec.hostPort:
+			es = d.hostPorts[spec.name]
 		case spec.interval:
 			for _, p := range d.prefixes[spec.name] {
 				es = append(es, rangeElem(newKey(), p))

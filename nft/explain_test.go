@@ -83,7 +83,7 @@ func (nothing) get(string, []byte) (element, time.Duration, bool, error) {
 }
 func (nothing) local(netip.Addr) (bool, error) { return false, nil }
 
-// Every rule of chains services and postrouting has a case in the walk: a
+// Every rule of chains services, hostports and postrouting has a case in the walk: a
 // rule added to the layout without one fails here.
 func TestExplainKnowsEveryRule(t *testing.T) {
 	for _, p := range []Packet{tcpTo("192.0.2.1", "192.0.2.2", 80), tcpTo("2001:db8::1", "2001:db8::2", 80)} {
@@ -91,7 +91,7 @@ func TestExplainKnowsEveryRule(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", p.Dst, err)
 		}
-		if got.Verdict != VerdictNone || len(got.Steps) != 3 {
+		if got.Verdict != VerdictNone || len(got.Steps) != 5 {
 			t.Errorf("%s: got %s", p.Dst, got)
 		}
 	}

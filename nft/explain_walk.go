@@ -52,9 +52,22 @@ func explain(src elementSource, p Packet) (*Explanation, error) {
 		}
 	}
 	if !done {
-		w.ex.Verdict = VerdictNone
-		w.step(chainServices, "", "", fmt.Sprintf("no rule matches %s to %s: not for a service, the packet goes on without DNAT",
+		w.step(chainServices, "", "", fmt.Sprintf("no rule matches %s to %s: not for a service, the packet goes on to the hostports chain",
 			p.protoText(), p.dstText()))
+		w.step(hook, jumpHostPorts(hook).text, "", "a new connection no service took goes to the hostports chain")
+		w.enter(chainHostPorts)
+		var err error
+		if done, err = w.hostPorts(); err != nil {
+			return nil, err
+		}
+	}
+	if !done {
+		w.ex.Verdict = VerdictNone
+		what := fmt.Sprintf("no hostPort maps %s to %s: the packet goes on without DNAT", p.protoText(), p.dstText())
+		if p.Src.IsLoopback() {
+			what = fmt.Sprintf("hostPorts never translate a loopback source (%s): the packet goes on without DNAT", p.Src)
+		}
+		w.step(chainHostPorts, "", "", what)
 	}
 	if v := w.ex.Verdict; v == VerdictDNAT || v == VerdictNone {
 		if err := w.postrouting(); err != nil {

@@ -95,6 +95,8 @@ func (f *Fake) List() (*Listing, error) {
 		switch {
 		case spec.svc:
 			n = len(d.svc.elems[spec.name])
+		case spec.hostPort:
+			n = len(d.hostPorts[spec.name])
 		case spec.interval:
 			n = len(d.prefixes[spec.name])
 		}

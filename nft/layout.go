@@ -22,7 +22,7 @@ const (
 
 	// layoutVersion tags every rule (see ruleTag). Bump it whenever a set, the
 	// chain or a rule changes.
-	layoutVersion = 5
+	layoutVersion = 6
 
 	setClusterCIDRs4 = "cluster-cidrs-v4"
 	setClusterCIDRs6 = "cluster-cidrs-v6"
@@ -38,7 +38,9 @@ type setSpec struct {
 	keyType  nftables.SetDatatype
 	interval bool // holds prefixes (desired.prefixes), else addresses (desired.addrs)
 	// Service sets: their elements come from svcDesired.
-	svc      bool
+	svc bool
+	// HostPort sets: their elements come from desired.hostPorts.
+	hostPort bool
 	dataType *nftables.SetDatatype // a map: its data type (TypeVerdict for a verdict map)
 	typeText string                // the type line nft lists
 	// dynamic: packets add the elements, with timeouts; Sync never lists or
@@ -54,12 +56,16 @@ var setSpecs = slices.Concat([]setSpec{
 	{name: setClusterCIDRs6, keyType: nftables.TypeIP6Addr, interval: true},
 	{name: setNodeIPs4, keyType: nftables.TypeIPAddr},
 	{name: setNodeIPs6, keyType: nftables.TypeIP6Addr},
-}, svcSetSpecs(families[0]), svcSetSpecs(families[1]))
+}, svcSetSpecs(families[0]), svcSetSpecs(families[1]), hostPortSetSpecs(families[0]), hostPortSetSpecs(families[1]))
+
+// typed reports whether the set is described by typeText (a concatenation or
+// a map), rather than by its key type's name.
+func (spec setSpec) typed() bool { return spec.svc || spec.hostPort }
 
 // newSet returns the set for spec, to be added to table.
 func (spec setSpec) newSet(table *nftables.Table) *nftables.Set {
 	s := &nftables.Set{Table: table, Name: spec.name, KeyType: spec.keyType, Interval: spec.interval}
-	if spec.svc {
+	if spec.typed() {
 		// NFT_SET_CONCAT makes the kernel pick its pipapo backend, which an
 		// interval of concatenations needs; for exact keys it would only cost
 		// (pipapo copies its lookup tables at each transaction that changes
@@ -87,13 +93,13 @@ var chainDefs = []chainDef{
 		chain: nftables.Chain{Name: chainPrerouting, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPrerouting,
 			Priority: nftables.ChainPriorityNATDest, Policy: ptr(nftables.ChainPolicyAccept)},
 		header: "type nat hook prerouting priority dstnat; policy accept;",
-		rules:  func() []ruleSpec { return []ruleSpec{jumpServices("prerouting")} },
+		rules:  func() []ruleSpec { return []ruleSpec{jumpServices("prerouting"), jumpHostPorts("prerouting")} },
 	},
 	{
 		chain: nftables.Chain{Name: chainOutput, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookOutput,
 			Priority: nftables.ChainPriorityNATDest, Policy: ptr(nftables.ChainPolicyAccept)},
 		header: "type nat hook output priority -100; policy accept;",
-		rules:  func() []ruleSpec { return []ruleSpec{jumpServices("output")} },
+		rules:  func() []ruleSpec { return []ruleSpec{jumpServices("output"), jumpHostPorts("output")} },
 	},
 	{
 		chain: nftables.Chain{Name: chainPostrouting, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting,
@@ -114,6 +120,12 @@ var chainDefs = []chainDef{
 				// reject
 				return []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}}
 			}}}
+		},
+	},
+	{
+		chain: nftables.Chain{Name: chainHostPorts},
+		rules: func() []ruleSpec {
+			return slices.Concat(hostPortRules(famOf(families[0])), hostPortRules(famOf(families[1])))
 		},
 	},
 }
@@ -192,16 +204,19 @@ var postroutingRules = []ruleSpec{
 			}
 		},
 	},
-	hairpinRule(famOf(families[0])),
-	hairpinRule(famOf(families[1])),
+	hairpinRule(famOf(families[0]), setHairpin),
+	hairpinRule(famOf(families[1]), setHairpin),
+	hairpinRule(famOf(families[0]), setHostPortHairpin),
+	hairpinRule(famOf(families[1]), setHostPortHairpin),
 }
 
-// hairpinRule masquerades a pod that reached itself through a service, so that
-// it sees the reply come from another address than its own.
-func hairpinRule(f fam) ruleSpec {
+// hairpinRule masquerades a pod that reached itself through a service (set
+// hairpin) or through its own hostPort (set hostport-hairpin), so that it
+// sees the reply come from another address than its own.
+func hairpinRule(f fam, set string) ruleSpec {
 	return ruleSpec{
-		role: "hairpin-" + f.suffix,
-		text: fmt.Sprintf("ct status dnat %s saddr . %s daddr @%s masquerade fully-random", f.ipText, f.ipText, f.name(setHairpin)),
+		role: f.name(set),
+		text: fmt.Sprintf("ct status dnat %s saddr . %s daddr @%s masquerade fully-random", f.ipText, f.ipText, f.name(set)),
 		exprs: func(sets map[string]*nftables.Set) []expr.Any {
 			r := regs(int(f.addrLen), int(f.addrLen))
 			// ct status dnat ip saddr . ip daddr @hairpin-v4 masquerade fully-random
@@ -213,7 +228,7 @@ func hairpinRule(f fam) ruleSpec {
 			}, f.isFamily(), []expr.Any{
 				f.load(f.saddr, r[0]),
 				f.load(f.daddr, r[1]),
-				lookup(sets[f.name(setHairpin)], false),
+				lookup(sets[f.name(set)], false),
 				&expr.Masq{FullyRandom: true},
 			})
 		},

@@ -24,7 +24,7 @@ func (d desired) render() string {
 	b.WriteString("table inet " + TableName + " {\n")
 	for _, spec := range setSpecs {
 		kind, typ := "set", spec.keyType.Name
-		if spec.svc {
+		if spec.typed() {
 			typ = spec.typeText
 			if spec.dataType != nil {
 				kind = "map"
@@ -45,6 +45,10 @@ func (d desired) render() string {
 		switch {
 		case spec.svc:
 			for _, e := range d.svc.elems[spec.name] {
+				elems = append(elems, e.text())
+			}
+		case spec.hostPort:
+			for _, e := range d.hostPorts[spec.name] {
 				elems = append(elems, e.text())
 			}
 		case spec.interval:

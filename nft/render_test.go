@@ -183,14 +183,40 @@ const rules = `
 →→flags dynamic,timeout
 →}
 
+→map hostports-v4 {
+→→type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
+→}
+
+→map hostports-any-v4 {
+→→type inet_proto . inet_service : ipv4_addr . inet_service
+→}
+
+→set hostport-hairpin-v4 {
+→→type ipv4_addr . ipv4_addr
+→}
+
+→map hostports-v6 {
+→→type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service
+→}
+
+→map hostports-any-v6 {
+→→type inet_proto . inet_service : ipv6_addr . inet_service
+→}
+
+→set hostport-hairpin-v6 {
+→→type ipv6_addr . ipv6_addr
+→}
+
 →chain prerouting {
 →→type nat hook prerouting priority dstnat; policy accept;
 →→jump services
+→→jump hostports
 →}
 
 →chain output {
 →→type nat hook output priority -100; policy accept;
 →→jump services
+→→jump hostports
 →}
 
 →chain postrouting {
@@ -200,6 +226,8 @@ const rules = `
 →→meta mark & 0x00004000 == 0x00004000 masquerade fully-random
 →→ct status dnat ip saddr . ip daddr @hairpin-v4 masquerade fully-random
 →→ct status dnat ip6 saddr . ip6 daddr @hairpin-v6 masquerade fully-random
+→→ct status dnat ip saddr . ip daddr @hostport-hairpin-v4 masquerade fully-random
+→→ct status dnat ip6 saddr . ip6 daddr @hostport-hairpin-v6 masquerade fully-random
 →}
 
 →chain services {
@@ -231,6 +259,13 @@ const rules = `
 
 →chain no-endpoints {
 →→reject
+→}
+
+→chain hostports {
+→→ip saddr != 127.0.0.0/8 fib daddr type local dnat ip to ip daddr . meta l4proto . th dport map @hostports-v4
+→→ip saddr != 127.0.0.0/8 fib daddr type local dnat ip to meta l4proto . th dport map @hostports-any-v4
+→→ip6 saddr != ::1 fib daddr type local dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports-v6
+→→ip6 saddr != ::1 fib daddr type local dnat ip6 to meta l4proto . th dport map @hostports-any-v6
 →}
 }
 `

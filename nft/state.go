@@ -25,13 +25,17 @@ type State struct {
 	LocalIPs []netip.Addr
 	// Services are load-balanced by the table; see Service.
 	Services []Service
+	// HostPorts are the hostPort mappings of this node's pods; see HostPort.
+	// Services take precedence: a mapping whose address and port a service
+	// also serves (a NodePort, say) does not see that traffic.
+	HostPorts []HostPort
 }
 
 // Clone returns a deep copy of s.
 func (s State) Clone() State {
 	c := State{
 		ClusterCIDRs: slices.Clone(s.ClusterCIDRs), NodeIPs: slices.Clone(s.NodeIPs),
-		NodeName: s.NodeName, LocalIPs: slices.Clone(s.LocalIPs),
+		NodeName: s.NodeName, LocalIPs: slices.Clone(s.LocalIPs), HostPorts: slices.Clone(s.HostPorts),
 	}
 	if s.Services != nil {
 		c.Services = make([]Service, len(s.Services))
@@ -69,7 +73,9 @@ func (e *SkippedError) Is(target error) bool { return target == ErrInvalid }
 type desired struct {
 	prefixes map[string][]netip.Prefix // interval sets, by set name
 	addrs    map[string][]netip.Addr   // address sets, by set name
-	svc      svcDesired                // service sets and endpoint-count chains
+	// hostPorts are the elements of the hostPort sets, by set name.
+	hostPorts map[string][]element
+	svc       svcDesired // service sets and endpoint-count chains
 }
 
 // normalize validates s and returns the content of every set. The error, a
@@ -119,6 +125,7 @@ func normalizeBase(s State) (desired, []string) {
 			a6 = append(a6, a)
 		}
 	}
+	hostPorts, hpProblems := normalizeHostPorts(s.HostPorts)
 	d := desired{
 		prefixes: map[string][]netip.Prefix{
 			setClusterCIDRs4: outermost(p4),
@@ -128,8 +135,9 @@ func normalizeBase(s State) (desired, []string) {
 			setNodeIPs4: sortedUnique(a4),
 			setNodeIPs6: sortedUnique(a6),
 		},
+		hostPorts: hostPorts,
 	}
-	return d, problems
+	return d, append(problems, hpProblems...)
 }
 
 // outermost sorts prefixes of one family by address and drops duplicates and

@@ -197,13 +197,15 @@ podnet-trace prerouting (prerouting) return continue
 podnet-trace prerouting (prerouting) policy accept
 podnet prerouting (prerouting) rule jump services
 podnet services (prerouting) return continue
+podnet prerouting (prerouting) rule jump hostports
+podnet hostports (prerouting) return continue
 podnet prerouting (prerouting) return continue
 podnet prerouting (prerouting) policy accept
 podnet postrouting (postrouting) return continue
 podnet postrouting (postrouting) policy accept
 `,
 			check: func(t *testing.T, first []TraceEvent) {
-				if got, want := packet(first[7]), "iif=to-client oif=to-b tcp 10.244.1.2:sport > 10.244.3.2:8080"; got != want {
+				if got, want := packet(first[9]), "iif=to-client oif=to-b tcp 10.244.1.2:sport > 10.244.3.2:8080"; got != want {
 					t.Errorf("postrouting: %s, want the packet unchanged: %s", got, want)
 				}
 			},
@@ -218,6 +220,8 @@ podnet-trace output (output) return continue
 podnet-trace output (output) policy accept
 podnet output (output) rule jump services
 podnet services (output) return continue
+podnet output (output) rule jump hostports
+podnet hostports (output) return continue
 podnet output (output) return continue
 podnet output (output) policy accept
 podnet postrouting (postrouting) return continue
