@@ -60,6 +60,9 @@ func (d *Daemon) podsView() ([]api.Pod, error) {
 		e := get(r.ContainerID, r.IfName)
 		e.record = true
 		e.pod.Namespace, e.pod.Name, e.pod.NetNS, e.pod.HostVeth, e.pod.Created = r.Namespace, r.Name, r.NetNS, r.HostVeth, r.Created
+		for _, m := range r.PortMappings {
+			e.pod.HostPorts = append(e.pod.HostPorts, fmt.Sprintf("%s → %d", m, m.ContainerPort))
+		}
 	}
 	if d.ipam != nil {
 		for _, a := range d.ipam.List() {

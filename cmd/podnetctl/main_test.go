@@ -243,7 +243,7 @@ var (
 	}
 	testPods = []api.Pod{
 		{ContainerID: "0123456789abcdef0123", IfName: "eth0", Namespace: "default", Name: "a", NetNS: "/run/netns/a",
-			HostVeth: "pn0123456789ab", Addresses: []string{"10.244.0.2"}, Created: created},
+			HostVeth: "pn0123456789ab", Addresses: []string{"10.244.0.2"}, HostPorts: []string{"*:8080/TCP → 80"}, Created: created},
 		{ContainerID: "c3", IfName: "eth0", Addresses: []string{}, HostVeth: "pnc3",
 			Problems: []string{"no address allocated", "no record of its CNI ADD (namespace and name unknown)"}},
 	}
@@ -282,9 +282,9 @@ ADDRESS        CONTAINER     IFNAME  RANGE          AGE
 10.244.0.2/24  0123456789ab  eth0    10.244.0.0/24  60m
 10.244.0.3/24  c2            net1    10.244.0.0/24  60s
 `},
-		{[]string{"pods"}, `POD        CONTAINER     IF    ADDRESSES   VETH            AGE  PROBLEMS
-default/a  0123456789ab  eth0  10.244.0.2  pn0123456789ab  60m  -
--          c3            eth0  -           pnc3            -    no address allocated; no record of its CNI ADD (namespace and name unknown)
+		{[]string{"pods"}, `POD        CONTAINER     IF    ADDRESSES   VETH            HOSTPORTS        AGE  PROBLEMS
+default/a  0123456789ab  eth0  10.244.0.2  pn0123456789ab  *:8080/TCP → 80  60m  -
+-          c3            eth0  -           pnc3            -                -    no address allocated; no record of its CNI ADD (namespace and name unknown)
 `},
 		{[]string{"routes"}, `NODE    DESTINATION    VIA           KERNEL        STATE
 node-b  10.244.1.0/24  192.168.1.11  192.168.1.11  ok

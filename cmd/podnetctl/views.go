@@ -82,14 +82,14 @@ func shortID(id string) string {
 }
 
 func printPods(out io.Writer, pods []api.Pod) error {
-	rows := [][]string{{"POD", "CONTAINER", "IF", "ADDRESSES", "VETH", "AGE", "PROBLEMS"}}
+	rows := [][]string{{"POD", "CONTAINER", "IF", "ADDRESSES", "VETH", "HOSTPORTS", "AGE", "PROBLEMS"}}
 	for _, p := range pods {
 		name := "-"
 		if p.Name != "" {
 			name = p.Namespace + "/" + p.Name
 		}
 		rows = append(rows, []string{name, shortID(p.ContainerID), p.IfName, dash(strings.Join(p.Addresses, ",")),
-			dash(p.HostVeth), age(p.Created), dash(strings.Join(p.Problems, "; "))})
+			dash(p.HostVeth), dash(strings.Join(p.HostPorts, ",")), age(p.Created), dash(strings.Join(p.Problems, "; "))})
 	}
 	return table(out, rows)
 }

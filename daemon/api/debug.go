@@ -31,15 +31,17 @@ type IPAMRange struct {
 // IPAM and the host links found in the kernel. Problems lists what does not
 // add up (no host veth, namespace gone, no address); empty when all is well.
 type Pod struct {
-	ContainerID string    `json:"containerID"`
-	IfName      string    `json:"ifName"`
-	Namespace   string    `json:"namespace,omitempty"` // K8S_POD_NAMESPACE of CNI_ARGS
-	Name        string    `json:"name,omitempty"`      // K8S_POD_NAME of CNI_ARGS
-	NetNS       string    `json:"netns,omitempty"`
-	HostVeth    string    `json:"hostVeth,omitempty"`
-	Addresses   []string  `json:"addresses"`
-	Created     time.Time `json:"created"`
-	Problems    []string  `json:"problems,omitempty"`
+	ContainerID string   `json:"containerID"`
+	IfName      string   `json:"ifName"`
+	Namespace   string   `json:"namespace,omitempty"` // K8S_POD_NAMESPACE of CNI_ARGS
+	Name        string   `json:"name,omitempty"`      // K8S_POD_NAME of CNI_ARGS
+	NetNS       string   `json:"netns,omitempty"`
+	HostVeth    string   `json:"hostVeth,omitempty"`
+	Addresses   []string `json:"addresses"`
+	// HostPorts are the pod's CNI portMappings, e.g. "*:8080/TCP → 80".
+	HostPorts []string  `json:"hostPorts,omitempty"`
+	Created   time.Time `json:"created"`
+	Problems  []string  `json:"problems,omitempty"`
 }
 
 // Routes are the host routes to peer nodes' podCIDRs, as the cluster state
