@@ -200,3 +200,24 @@ func TestMalformedRequests(t *testing.T) {
 func podWith(containerID string) routing.Pod {
 	return routing.Pod{ContainerID: containerID, IfName: "eth0", HostVeth: "pnorphan"}
 }
+
+// TestPodsViewHostPorts: a pod's hostPorts, from its record, show in its row.
+func TestPodsViewHostPorts(t *testing.T) {
+	td := syncedDaemon(t)
+	for _, r := range td.pods.list() {
+		if r.ContainerID == "c1" {
+			r.PortMappings = []portMapping{{HostPort: 8080, ContainerPort: 80, Protocol: "TCP"}, {HostPort: 53, ContainerPort: 5353, Protocol: "UDP", HostIP: "192.168.1.10"}}
+			if err := td.pods.put(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	pods, err := td.podsView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"*:8080/TCP → 80", "192.168.1.10:53/UDP → 5353"}
+	if diff := cmp.Diff(want, pods[0].HostPorts); diff != "" || pods[0].ContainerID != "c1" {
+		t.Errorf("c1's hostPorts (-want +got):\n%s", diff)
+	}
+}
