@@ -72,6 +72,11 @@ func (c *Cluster) startControlPlane(ctx context.Context, nodeTokens []kube.Token
 			// (routePodCIDRs), not at ClusterIPs: podnet does not run on the
 			// control-plane host, so nothing there proxies Services.
 			"--enable-aggregator-routing=true",
+			// At Down, stop within ~2 s: otherwise the HTTP server's graceful
+			// shutdown sometimes waited the whole request timeout (60 s, cut
+			// to 10 s by Stop's SIGKILL) for a connection of a node that was
+			// already gone.
+			"--shutdown-send-retry-after=true",
 		},
 	})
 	if err != nil {

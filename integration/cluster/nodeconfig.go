@@ -61,10 +61,17 @@ exec sleep infinity
 
 // nodeCleanupScript removes the node's cgroups (kubelet's cgroupRoot $2 and
 // everything below, deepest first, in every hierarchy listed in $1/cgroups) once
-// no process is left in them. It runs in the node's mount namespace.
+// no process is left in them. It runs in the node's mount namespace. A shim
+// that has just seen its container die may remove the container's cgroup at the
+// same time (rmdir then finds nothing), so each hierarchy gets three tries, 0.2 s
+// apart; what is still there after them is reported.
 const nodeCleanupScript = `set -u
 rc=0
 while read -r mp fstype opts; do
+	for try in 1 2 3; do
+		[ -d "$mp$2" ] || break
+		find "$mp$2" -depth -type d -exec rmdir {} + 2>/dev/null || sleep 0.2
+	done
 	if [ -d "$mp$2" ]; then find "$mp$2" -depth -type d -exec rmdir {} + || rc=1; fi
 done <"$1/cgroups"
 exit $rc

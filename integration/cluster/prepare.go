@@ -114,7 +114,8 @@ func Main(m *testing.M) {
 }
 
 // ForTest brings a cluster up under t.TempDir and takes it down when t ends,
-// logging the end of every log if t failed. It skips t when not root or when
+// logging the end of every log if t failed and keeping its files (also with
+// PODNET_E2E_KEEP=1) in /tmp/podnet-e2e-kept-*. It skips t when not root or when
 // the binaries or images are missing, and fails it outside a sandbox (see Main).
 func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	t.Helper()
@@ -156,9 +157,9 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 		if running {
 			t.Logf("torn down in %s", time.Since(start).Round(time.Millisecond))
 		}
-		if t.Failed() {
-			keep := filepath.Join(os.TempDir(), "podnet-e2e-failed-"+filepath.Base(dir))
-			t.Logf("logs of the failed run: %s", keep)
+		if t.Failed() || os.Getenv("PODNET_E2E_KEEP") == "1" {
+			keep := filepath.Join(os.TempDir(), "podnet-e2e-kept-"+filepath.Base(filepath.Dir(dir)))
+			t.Logf("logs of the run: %s", keep)
 			_ = os.Rename(dir, keep)
 		}
 	})
