@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -19,6 +21,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/podnet/podnet/daemon/api"
 )
 
 // TestMain finds kube-apiserver, kube-controller-manager, kube-scheduler,
@@ -107,6 +111,18 @@ func TestSmoke(t *testing.T) {
 	})
 
 	t.Run("service by name", func(t *testing.T) {
+		// Pods are ready before their endpoints reach the EndpointSlice and
+		// podnet: wait until the client's node has programmed both.
+		waitProgrammed(t, ctx, c, c.Nodes[0].Name, "default/web", web["node1"].Status.PodIP, web["node2"].Status.PodIP)
+		dns, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var dnsIPs []string
+		for _, p := range dns.Items {
+			dnsIPs = append(dnsIPs, p.Status.PodIP)
+		}
+		waitProgrammed(t, ctx, c, c.Nodes[0].Name, "kube-system/kube-dns", dnsIPs...)
 		name := "web.default.svc.cluster.local"
 		out := execIn(t, ctx, c, "client", "getent", "hosts", name)
 		if f := strings.Fields(out); len(f) == 0 || f[0] != svc.Spec.ClusterIP {
@@ -212,6 +228,54 @@ func checkNodes(t *testing.T, ctx context.Context, c *Cluster) {
 		if fi, err := os.Stat(filepath.Join(n.CNIBinDir(), "podnet")); err != nil || fi.Mode()&0o111 == 0 {
 			t.Errorf("node %s: podnet's plugin not installed in /opt/cni/bin: %v", n.Name, err)
 		}
+	}
+}
+
+// waitProgrammed waits until podnetd on node has programmed the service
+// (namespace/name) with exactly the given endpoints, all ready, asking it the
+// way an operator does: `kubectl -n kube-system exec <podnet pod> --
+// podnetctl services -o json`.
+func waitProgrammed(t *testing.T, ctx context.Context, c *Cluster, node, service string, endpoints ...string) {
+	t.Helper()
+	pods, err := c.CP.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=podnet", FieldSelector: "spec.nodeName=" + node,
+	})
+	if err != nil || len(pods.Items) != 1 {
+		t.Fatalf("podnet's pod on %s: %v (%d pods)", node, err, len(pods.Items))
+	}
+	sort.Strings(endpoints)
+	podnet := pods.Items[0].Name
+	err = poll(ctx, "podnetd on "+node+" programs "+service, 250*time.Millisecond, func(ctx context.Context) (bool, error) {
+		ectx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		out, _, err := c.ExecPod(ectx, "kube-system", podnet, "podnetd", "podnetctl", "services", "-o", "json")
+		if err != nil {
+			return false, err
+		}
+		var svcs api.Services
+		if err := json.Unmarshal([]byte(out), &svcs); err != nil {
+			return false, fmt.Errorf("podnetctl services -o json: %w: %q", err, out)
+		}
+		for _, s := range svcs.Programmed {
+			if s.Namespace+"/"+s.Name != service {
+				continue
+			}
+			var got []string
+			for _, e := range s.Endpoints {
+				if e.Ready {
+					got = append(got, e.Address)
+				}
+			}
+			sort.Strings(got)
+			if !slices.Equal(got, endpoints) {
+				return false, fmt.Errorf("ready endpoints %v, want %v", got, endpoints)
+			}
+			return true, nil
+		}
+		return false, errors.New("not programmed")
+	}, c.procs()...)
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
