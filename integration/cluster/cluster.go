@@ -3,15 +3,19 @@
 // (etcd and kube-apiserver from integration/kube, kube-controller-manager
 // allocating podCIDRs, kube-scheduler), and N nodes, each a network namespace on
 // an underlay bridge with a mount namespace of its own, its own containerd
-// (Debian's 1.6, cgroupfs) and its own kubelet v1.37.2. No image is pulled: the
-// pause image is built locally (PauseImage) and imported into every containerd.
+// (Debian's 1.6, cgroupfs) and its own kubelet v1.37.2. podnet is the only
+// network component: its DaemonSet from deploy/kubernetes/ installs the CNI
+// plugin and conflist on every node and proxies Services (no kube-proxy), and
+// CoreDNS from deploy/e2e/ serves cluster DNS behind it. No image is pulled:
+// `make images` builds them as tarballs, imported into every containerd.
 //
 // Nothing outside the sandbox changes, with one exception kept as small as
 // possible: kubelet and runc need the machine's cgroup v1 hierarchies, where
 // each node gets a cgroup root of its own (removed by Down). Kubelet checks the
 // machine-wide sysctls it cares about (protectKernelDefaults) against values the
-// node sees through bind mounts, and never writes them. docs/e2e.md has the
-// flags, the reasons and the timings.
+// node sees through bind mounts, and never writes them; what a node writes
+// under /etc, /opt and /var/lib lands in its own directory (overlays). docs/e2e.md
+// has the flags, the reasons and the timings.
 package cluster
 
 import (
@@ -55,23 +59,26 @@ type Options struct {
 	ClusterCIDR netip.Prefix
 	// ServiceCIDR is the --service-cluster-ip-range; default 10.96.0.0/16.
 	ServiceCIDR netip.Prefix
-	// ClusterDNS is kubelet's clusterDNS; default the tenth address of ServiceCIDR.
+	// ClusterDNS is kubelet's clusterDNS; default the tenth address of ServiceCIDR,
+	// the kube-dns Service's ClusterIP in deploy/e2e/coredns.yaml.
 	ClusterDNS netip.Addr
 	// Snapshotter is containerd's snapshotter: overlayfs (default) or native.
 	Snapshotter string
-	// CNIConflist is written as every node's only CNI config; default
-	// placeholderConflist (Nodes turn Ready, only hostNetwork pods can run).
-	CNIConflist string
-	// Images are docker-archive tarballs imported into every node's containerd
-	// besides the pause image.
+	// ImageSet is the images `make images` built; nil: LoadImages(ImageCacheDir()).
+	ImageSet *ImageSet
+	// Images are the names of the images imported into every node's containerd
+	// besides pause, podnet and CoreDNS; nil: every image of ImageSet.
 	Images []string
+	// RepoDir is the repository whose deploy/ manifests are applied; default
+	// kube.RepoRoot() (found above the working directory).
+	RepoDir string
 	// Binaries are the programs to run; see Binaries.
 	Binaries Binaries
 	// StartTimeout bounds Up; default 3 minutes.
 	StartTimeout time.Duration
 }
 
-func (o *Options) setDefaults() {
+func (o *Options) setDefaults() error {
 	if o.Nodes == 0 {
 		o.Nodes = 2
 	}
@@ -94,12 +101,21 @@ func (o *Options) setDefaults() {
 	if o.Snapshotter == "" {
 		o.Snapshotter = "overlayfs"
 	}
-	if o.CNIConflist == "" {
-		o.CNIConflist = placeholderConflist
-	}
 	if o.StartTimeout == 0 {
 		o.StartTimeout = 3 * time.Minute
 	}
+	var err error
+	if o.ImageSet == nil {
+		if o.ImageSet, err = LoadImages(ImageCacheDir()); err != nil {
+			return err
+		}
+	}
+	if o.RepoDir == "" {
+		if o.RepoDir, err = kube.RepoRoot(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Validate reports the first option Up cannot run with.
@@ -112,6 +128,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Snapshotter != "overlayfs" && o.Snapshotter != "native" {
 		return fmt.Errorf("snapshotter %q: overlayfs or native", o.Snapshotter)
+	}
+	if !o.ServiceCIDR.Contains(o.ClusterDNS) {
+		return fmt.Errorf("cluster DNS %s: not in the service range %s", o.ClusterDNS, o.ServiceCIDR)
 	}
 	if err := o.Binaries.check(); err != nil {
 		return err
@@ -127,15 +146,30 @@ type Cluster struct {
 	// CP is etcd and kube-apiserver; CP.Client is an admin clientset.
 	CP    *kube.ControlPlane
 	Nodes []*Node
+	// Steps are the bring-up's steps with the time since Up started at the end
+	// of each, for logs and docs/e2e.md.
+	Steps []Step
 
 	opts       Options
 	bins       Binaries
+	images     *ImageSet
+	pki        *kubeletPKI
 	cp         *kube.ControlPlane
 	nodeTokens map[string]kube.Token
 	kcm        *process
 	scheduler  *process
 	hostsBound bool
-	images     []string
+	start      time.Time
+}
+
+// Step is one finished step of Up and when it finished, counted from Up's start.
+type Step struct {
+	Name string
+	At   time.Duration
+}
+
+func (c *Cluster) mark(name string) {
+	c.Steps = append(c.Steps, Step{Name: name, At: time.Since(c.start)})
 }
 
 // controlPlaneAddr is the API server's address on the underlay.
@@ -146,21 +180,42 @@ func (c *Cluster) apiServerURL() string {
 	return "https://" + c.controlPlaneAddr().String() + ":" + strconv.Itoa(c.cp.Port)
 }
 
+// hostsFile is the sandbox's /etc/hosts (bindHosts).
+func (c *Cluster) hostsFile() string { return filepath.Join(c.Dir, "hosts") }
+
+// procs are the cluster's long-running processes, for waits that should stop
+// when one of them dies.
+func (c *Cluster) procs() []*process {
+	ps := []*process{c.kcm, c.scheduler}
+	for _, n := range c.Nodes {
+		ps = append(ps, n.containerd, n.kubelet)
+	}
+	return ps
+}
+
 // Up brings up the control plane and the nodes under dir (which must exist),
 // inside a sandbox made with sandbox.EnterPID (it refuses to run outside one),
-// and waits until every Node is registered and has a podCIDR. On failure it
-// tears down what it started. Down must be called once the caller is done.
+// deploys podnet and CoreDNS, and waits until every Node is Ready, podnet runs
+// ready on each and CoreDNS is available. On failure it tears down what it
+// started. Down must be called once the caller is done.
 func Up(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
-	opts.setDefaults()
+	if err := opts.setDefaults(); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
 	if err := opts.Validate(); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	if !sandbox.Inside() {
 		return nil, errors.New("cluster: not inside a sandbox (sandbox.EnterPID, or MainPID from TestMain)")
 	}
+	tarballs, err := opts.ImageSet.Tarballs(opts.Images)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, opts.StartTimeout)
 	defer cancel()
-	c := &Cluster{Dir: dir, opts: opts, bins: opts.Binaries, nodeTokens: map[string]kube.Token{}}
+	c := &Cluster{Dir: dir, opts: opts, bins: opts.Binaries, images: opts.ImageSet,
+		nodeTokens: map[string]kube.Token{}, start: time.Now()}
 	defer func() {
 		if err != nil {
 			c.Down(context.Background())
@@ -187,22 +242,33 @@ func Up(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
 	if err := c.bindHosts(); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	if err := c.packImages(ctx); err != nil {
+	if c.pki, err = newKubeletPKI(filepath.Join(dir, "controlplane", "kubelet-pki")); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	if err := c.startControlPlane(ctx, tokens); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	c.mark("control plane")
+	if err := c.deployAddons(ctx); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 	for _, n := range c.Nodes {
 		if err := n.prepare(c); err != nil {
 			return nil, fmt.Errorf("cluster: node %s: %w", n.Name, err)
 		}
-		if err := n.startHolder(ctx); err != nil {
+		if err := n.startHolder(ctx, c.hostsFile()); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
-		if err := n.startContainerd(ctx, opts.Snapshotter, c.images); err != nil {
+		if err := n.startContainerd(ctx, opts.Snapshotter); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
+	}
+	c.mark("containerd on every node")
+	if err := c.importImages(ctx, tarballs); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	c.mark(fmt.Sprintf("%d image tarballs imported on every node", len(tarballs)))
+	for _, n := range c.Nodes {
 		if err := n.startKubelet(c); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
@@ -212,18 +278,14 @@ func Up(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
 	}
-	return c, nil
-}
-
-// packImages builds the pause image archive (from Binaries.Pause) and lists it
-// first among the archives every node imports.
-func (c *Cluster) packImages(ctx context.Context) error {
-	archive := filepath.Join(c.Dir, "pause.tar")
-	if err := WriteImageArchive(archive, PauseImage, map[string]string{"pause": c.bins.Pause}, []string{"/pause"}); err != nil {
-		return err
+	c.mark("nodes registered with podCIDRs")
+	if err := c.routePodCIDRs(ctx); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	c.images = append([]string{archive}, c.opts.Images...)
-	return nil
+	if err := c.waitAddons(ctx); err != nil {
+		return nil, fmt.Errorf("cluster: %w\n%s", err, c.DebugState(context.Background()))
+	}
+	return c, nil
 }
 
 // waitNode waits until n's Node exists with a podCIDR.
@@ -292,7 +354,7 @@ func (c *Cluster) bindHosts() error {
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "%s %s\n", n.Addr, n.Name)
 	}
-	path := filepath.Join(c.Dir, "hosts")
+	path := c.hostsFile()
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
 		return err
 	}

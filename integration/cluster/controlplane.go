@@ -20,15 +20,16 @@ import (
 // what is missing) before the sandbox is entered.
 type Binaries struct {
 	APIServer, ControllerManager, Scheduler, Kubelet string
-	// Pause is the static pause command packed into PauseImage.
-	Pause string
+	// Loopback is the CNI loopback plugin every node's containerd needs
+	// (BuildLoopback).
+	Loopback string
 }
 
 // check reports the first binary that is not set or does not exist.
 func (b Binaries) check() error {
 	for name, path := range map[string]string{
 		"kube-apiserver": b.APIServer, "kube-controller-manager": b.ControllerManager,
-		"kube-scheduler": b.Scheduler, "kubelet": b.Kubelet, "pause": b.Pause,
+		"kube-scheduler": b.Scheduler, "kubelet": b.Kubelet, "CNI loopback plugin": b.Loopback,
 	} {
 		if path == "" {
 			return fmt.Errorf("binaries: %s not set (cluster.Prepare builds them)", name)
@@ -60,7 +61,23 @@ func (c *Cluster) startControlPlane(ctx context.Context, nodeTokens []kube.Token
 		AdvertiseAddress: c.controlPlaneAddr(),
 		ServiceCIDRs:     []netip.Prefix{c.opts.ServiceCIDR},
 		Tokens:           nodeTokens,
-		ExtraArgs:        []string{"--endpoint-reconciler-type=lease"},
+		ExtraArgs: []string{
+			"--endpoint-reconciler-type=lease",
+			// Kubelets by node name (the sandbox's hosts file), with a client
+			// certificate they accept, verifying their serving certificates.
+			"--kubelet-client-certificate=" + c.pki.ClientCert,
+			"--kubelet-client-key=" + c.pki.ClientKey,
+			"--kubelet-certificate-authority=" + c.pki.CAFile,
+			// Webhooks and aggregated APIs reached at their endpoints' pod IPs
+			// (routePodCIDRs), not at ClusterIPs: podnet does not run on the
+			// control-plane host, so nothing there proxies Services.
+			"--enable-aggregator-routing=true",
+			// At Down, stop within ~2 s: otherwise the HTTP server's graceful
+			// shutdown sometimes waited the whole request timeout (60 s, cut
+			// to 10 s by Stop's SIGKILL) for a connection of a node that was
+			// already gone.
+			"--shutdown-send-retry-after=true",
+		},
 	})
 	if err != nil {
 		return err

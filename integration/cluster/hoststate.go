@@ -2,11 +2,13 @@ package cluster
 
 import (
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jsimonetti/rtnetlink/v2"
 )
@@ -17,6 +19,18 @@ import (
 type HostState struct {
 	Links, Addrs, Routes []string
 	Sysctls              map[string]string
+	// Paths lists, for each of watchedPaths, what exists there: each file and
+	// directory below with its mode, size and modification time.
+	Paths []string
+}
+
+// watchedPaths are where a node's kubelet, containerd or podnet would write on
+// the machine's disk if a node's mount namespace let them through (see
+// nodeInitScript): CNI configs and plugins, podnet's state and socket,
+// kubelet's fixed paths, pod logs.
+var watchedPaths = []string{
+	"/etc/cni", "/opt/cni", "/var/lib/podnet", "/var/lib/cni", "/var/lib/kubelet",
+	"/var/lib/containerd", "/run/podnet", "/var/log/pods", "/var/log/containers",
 }
 
 // watchedSysctls are read by SnapshotHost: forwarding, bridge netfilter,
@@ -48,6 +62,10 @@ func SnapshotHost() (*HostState, error) {
 			s.Sysctls[strings.TrimPrefix(p, "/proc/sys/")] = strings.TrimSpace(string(b))
 		}
 	}
+	for _, root := range watchedPaths {
+		s.Paths = append(s.Paths, listPath(root)...)
+	}
+	sort.Strings(s.Paths)
 	c, err := rtnetlink.Dial(nil)
 	if err != nil {
 		return nil, fmt.Errorf("host state: %w", err)
@@ -91,6 +109,7 @@ func (s *HostState) Diff(t *HostState) string {
 	diffList(&b, "link", s.Links, t.Links)
 	diffList(&b, "address", s.Addrs, t.Addrs)
 	diffList(&b, "route", s.Routes, t.Routes)
+	diffList(&b, "path", s.Paths, t.Paths)
 	keys := map[string]bool{}
 	for k := range s.Sysctls {
 		keys[k] = true
@@ -140,4 +159,31 @@ func ipOr(ip net.IP) string {
 		return "-"
 	}
 	return ip.String()
+}
+
+// listPath describes root and everything below it (at most 2000 entries), one
+// line each, or that it does not exist.
+func listPath(root string) []string {
+	var out []string
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s: %v", path, err))
+			return nil
+		}
+		if len(out) >= 2000 {
+			return fs.SkipAll
+		}
+		info, err := d.Info()
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s: %v", path, err))
+			return nil
+		}
+		out = append(out, fmt.Sprintf("%s %s %d %s", path, info.Mode(), info.Size(), info.ModTime().UTC().Format(time.RFC3339Nano)))
+		return nil
+	})
+	if err != nil {
+		out = append(out, fmt.Sprintf("%s: %v", root, err))
+	}
+	sort.Strings(out)
+	return out
 }

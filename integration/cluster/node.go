@@ -42,10 +42,12 @@ func (n *Node) ContainerdSocket() string {
 	return filepath.Join(n.Dir, "containerd", "containerd.sock")
 }
 
-// CNIConfDir is the CNI config directory the node's containerd reads.
+// CNIConfDir is the directory the node sees as /etc/cni/net.d, where
+// containerd reads CNI configs and podnetd writes its conflist.
 func (n *Node) CNIConfDir() string { return filepath.Join(n.Dir, "cni", "net.d") }
 
-// CNIBinDir is the CNI plugin directory the node's containerd runs plugins from.
+// CNIBinDir is the directory the node sees as /opt/cni/bin, where containerd
+// runs CNI plugins from and podnetd installs its plugin.
 func (n *Node) CNIBinDir() string { return filepath.Join(n.Dir, "cni", "bin") }
 
 // Exec runs name with args inside the node's network and mount namespaces and
@@ -67,7 +69,11 @@ func (n *Node) Exec(ctx context.Context, name string, args ...string) ([]byte, e
 // prepare writes the node's directories and files and creates its network
 // namespace on the underlay.
 func (n *Node) prepare(c *Cluster) error {
-	for _, d := range []string{"containerd", "kubelet", "log", "sysctl", "volume-plugins", n.CNIConfDir(), n.CNIBinDir()} {
+	dirs := []string{"containerd", "kubelet", "log", "sysctl", "volume-plugins", n.CNIConfDir(), n.CNIBinDir()}
+	for _, d := range []string{"etc", "opt", "var/lib"} {
+		dirs = append(dirs, filepath.Join("overlay", d, "upper"), filepath.Join("overlay", d, "work"))
+	}
+	for _, d := range dirs {
 		if !filepath.IsAbs(d) {
 			d = filepath.Join(n.Dir, d)
 		}
@@ -79,12 +85,16 @@ func (n *Node) prepare(c *Cluster) error {
 	if err != nil {
 		return err
 	}
+	cert, key, err := c.pki.servingCert(n.Name, n.Addr)
+	if err != nil {
+		return err
+	}
+	kf := kubeletFiles{cert: cert, key: key, clientCA: c.pki.CAFile}
 	files := map[string]string{
-		"cgroups":                      cgroups,
-		"resolv.conf":                  "nameserver " + c.opts.ClusterDNS.String() + "\nsearch cluster.local\n",
-		"containerd/config.toml":       n.containerdConfig(c.opts.Snapshotter),
-		"kubelet.yaml":                 n.kubeletConfig(n.cgroupRoot, c.opts.ClusterDNS.String()),
-		"cni/net.d/10-podnet.conflist": c.opts.CNIConflist,
+		"cgroups":                cgroups,
+		"resolv.conf":            "nameserver " + c.opts.ClusterDNS.String() + "\nsearch cluster.local\n",
+		"containerd/config.toml": n.containerdConfig(c.opts.Snapshotter),
+		"kubelet.yaml":           n.kubeletConfig(kf, c.opts.ClusterDNS.String()),
 	}
 	for k, v := range protectedSysctls {
 		files[filepath.Join("sysctl", k)] = v + "\n"
@@ -93,6 +103,9 @@ func (n *Node) prepare(c *Cluster) error {
 		if err := os.WriteFile(filepath.Join(n.Dir, name), []byte(data), 0o644); err != nil {
 			return err
 		}
+	}
+	if err := copyFile(c.bins.Loopback, filepath.Join(n.CNIBinDir(), "loopback"), 0o755); err != nil {
+		return err
 	}
 	if err := c.cp.WriteKubeconfig(filepath.Join(n.Dir, "kubeconfig"), c.apiServerURL(), c.nodeTokens[n.Name].Token); err != nil {
 		return err
@@ -107,14 +120,14 @@ func (n *Node) prepare(c *Cluster) error {
 
 // startHolder starts nodeInitScript in a new mount namespace inside the node's
 // network namespace and waits until it has prepared the mounts.
-func (n *Node) startHolder(ctx context.Context) error {
+func (n *Node) startHolder(ctx context.Context, hostsFile string) error {
 	logPath := filepath.Join(n.Dir, "init.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command("/bin/sh", "-c", nodeInitScript, "node-init", n.Dir, n.cgroupRoot)
+	cmd := exec.Command("/bin/sh", "-c", nodeInitScript, "node-init", n.Dir, n.cgroupRoot, hostsFile)
 	cmd.Dir = "/"
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
@@ -146,26 +159,27 @@ func (n *Node) startHolder(ctx context.Context) error {
 	}
 }
 
-// startContainerd starts the node's containerd, waits for its socket to answer,
-// and imports the images (docker-archive tarballs) into its k8s.io namespace.
-func (n *Node) startContainerd(ctx context.Context, snapshotter string, images []string) error {
+// startContainerd starts the node's containerd and waits for its socket to answer.
+func (n *Node) startContainerd(ctx context.Context, snapshotter string) error {
 	var err error
 	n.containerd, err = startProcess(n.Name+" containerd", n.holder.cmd.Process.Pid, "containerd",
 		[]string{"--config", filepath.Join(n.Dir, "containerd", "config.toml")}, filepath.Join(n.Dir, "containerd.log"))
 	if err != nil {
 		return err
 	}
-	err = poll(ctx, n.Name+": containerd", 100*time.Millisecond, func(ctx context.Context) (bool, error) {
+	return poll(ctx, n.Name+": containerd", 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 		out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSocket(), "version").CombinedOutput()
 		if err != nil {
 			return false, fmt.Errorf("ctr version: %w: %s", err, out)
 		}
 		return true, nil
 	}, n.containerd)
-	if err != nil {
-		return err
-	}
-	for _, img := range images {
+}
+
+// importImages imports docker-archive tarballs into the node's containerd,
+// namespace k8s.io (the CRI plugin's), unpacked for the snapshotter.
+func (n *Node) importImages(ctx context.Context, snapshotter string, tarballs []string) error {
+	for _, img := range tarballs {
 		out, err := exec.CommandContext(ctx, "ctr", "--address", n.ContainerdSocket(), "-n", "k8s.io",
 			"images", "import", "--snapshotter", snapshotter, img).CombinedOutput()
 		if err != nil {
@@ -182,6 +196,10 @@ func (n *Node) startKubelet(c *Cluster) error {
 		"--config=" + filepath.Join(n.Dir, "kubelet.yaml"),
 		"--kubeconfig=" + filepath.Join(n.Dir, "kubeconfig"),
 		"--root-dir=" + filepath.Join(n.Dir, "kubelet"),
+		// Its default, /var/lib/kubelet/pki, would be the machine's (the node's
+		// overlay catches it anyway); nothing is written there with the
+		// certificate files of the config.
+		"--cert-dir=" + filepath.Join(n.Dir, "kubelet", "pki"),
 		"--hostname-override=" + n.Name,
 		"--node-ip=" + n.Addr.String(),
 		"--v=2",

@@ -11,7 +11,8 @@ import (
 // nodeInitScript runs as the first process of a node's mount namespace (in the
 // node's network namespace) and prepares the node's view of the machine, then
 // stays as the namespace's holder. $1 is the node's directory, $2 kubelet's
-// cgroupRoot, made in every cgroup v1 hierarchy (kubelet wants it to exist).
+// cgroupRoot, made in every cgroup v1 hierarchy (kubelet wants it to exist), $3
+// the sandbox's hosts file.
 //   - /sys again, so that it shows the node's network devices, and the cgroup
 //     hierarchies of the machine back under it (listed in $1/cgroups), which
 //     kubelet (cgroupfs driver) and runc need;
@@ -20,6 +21,15 @@ import (
 //   - for each file $1/sysctl/<name>, that file over /proc/sys/<name with / for .>:
 //     kubelet with protectKernelDefaults reads these machine-wide sysctls and
 //     refuses to start if they differ from its defaults; it never writes them;
+//   - /etc, /opt and /var/lib as overlays of the machine's with the node's
+//     writes in $1/overlay: kubelet writes /var/lib/kubelet/device-plugins
+//     whatever its root dir, a hostPath volume with DirectoryOrCreate creates
+//     its directory (podnet's /var/lib/podnet), and mount points need a
+//     directory; none of it may land on the machine's disk. The overlay on /etc
+//     hides the sandbox's hosts file, which $3 binds again;
+//   - $1/cni/net.d over /etc/cni/net.d and $1/cni/bin over /opt/cni/bin, where
+//     containerd looks for CNI configs and plugins and where podnet's
+//     DaemonSet (hostPath volumes) writes them;
 //   - every mount shared, so that hostPath volumes with HostToContainer
 //     propagation pass kubelet's check.
 const nodeInitScript = `set -eu
@@ -34,6 +44,13 @@ done <"$dir/cgroups"
 mount -t tmpfs -o mode=0755 run /run
 mkdir -p /run/netns
 mount --bind "$dir/log" /var/log
+for d in etc opt var/lib; do
+	mount -t overlay overlay -o "lowerdir=/$d,upperdir=$dir/overlay/$d/upper,workdir=$dir/overlay/$d/work" "/$d"
+done
+mount --bind "$3" /etc/hosts
+mkdir -p /etc/cni/net.d /opt/cni/bin
+mount --bind "$dir/cni/net.d" /etc/cni/net.d
+mount --bind "$dir/cni/bin" /opt/cni/bin
 for f in "$dir"/sysctl/*; do
 	mount --bind "$f" "/proc/sys/$(basename "$f" | tr . /)"
 done
@@ -44,10 +61,17 @@ exec sleep infinity
 
 // nodeCleanupScript removes the node's cgroups (kubelet's cgroupRoot $2 and
 // everything below, deepest first, in every hierarchy listed in $1/cgroups) once
-// no process is left in them. It runs in the node's mount namespace.
+// no process is left in them. It runs in the node's mount namespace. A shim
+// that has just seen its container die may remove the container's cgroup at the
+// same time (rmdir then finds nothing), so each hierarchy gets three tries, 0.2 s
+// apart; what is still there after them is reported.
 const nodeCleanupScript = `set -u
 rc=0
 while read -r mp fstype opts; do
+	for try in 1 2 3; do
+		[ -d "$mp$2" ] || break
+		find "$mp$2" -depth -type d -exec rmdir {} + 2>/dev/null || sleep 0.2
+	done
 	if [ -d "$mp$2" ]; then find "$mp$2" -depth -type d -exec rmdir {} + || rc=1; fi
 done <"$1/cgroups"
 exit $rc
@@ -105,8 +129,9 @@ func cgroupMounts() (string, error) {
 
 // containerdConfig is containerd 1.6's config (version 2) for one node: every
 // path under the node's directory, the CRI plugin with cgroupfs (SystemdCgroup
-// false), the given snapshotter, the pause image as sandbox_image, the CNI
-// directories of the node, and oom_score_adj never below containerd's own.
+// false), the given snapshotter, the pause image as sandbox_image, the standard
+// CNI directories (the node's own, see nodeInitScript), and oom_score_adj never
+// below containerd's own.
 func (n *Node) containerdConfig(snapshotter string) string {
 	d := n.Dir
 	return fmt.Sprintf(`version = 2
@@ -139,22 +164,25 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+  # The node's view: bind mounts of its own directories (nodeInitScript).
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = %[8]q
-    conf_dir = %[9]q
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
 `, filepath.Join(d, "containerd", "root"), filepath.Join(d, "containerd", "state"),
 		n.ContainerdSocket(), filepath.Join(d, "containerd", "ttrpc.sock"),
-		filepath.Join(d, "containerd", "opt"), PauseImage, snapshotter,
-		n.CNIBinDir(), n.CNIConfDir())
+		filepath.Join(d, "containerd", "opt"), PauseImage, snapshotter)
 }
 
 // kubeletConfig is the node's KubeletConfiguration. The choices that matter here:
 // failCgroupV1 false (the machine has cgroup v1), cgroupfs under a cgroupRoot of
 // the node's own, protectKernelDefaults (kubelet must never write the machine's
 // sysctls), a private volume plugin dir, eviction thresholds low enough that a
-// shared disk does not taint the node, and webhook-free authentication (the API
-// server holds no client certificate for kubelets yet).
-func (n *Node) kubeletConfig(cgroupRoot string, clusterDNS string) string {
+// shared disk does not taint the node, and the API server's access: a serving
+// certificate from the kubelet CA for the node's name and address, x509 client
+// certificates from that CA (the API server's) and bearer tokens (webhook)
+// authenticated, and every request authorized by the API server (webhook:
+// SubjectAccessReview), no anonymous access.
+func (n *Node) kubeletConfig(k kubeletFiles, clusterDNS string) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 failCgroupV1: false
@@ -171,13 +199,17 @@ volumePluginDir: %[4]s
 resolvConf: %[5]s
 clusterDomain: cluster.local
 clusterDNS: [%[6]s]
+tlsCertFile: %[7]s
+tlsPrivateKeyFile: %[8]s
 authentication:
   anonymous:
-    enabled: true
-  webhook:
     enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: %[9]s
 authorization:
-  mode: AlwaysAllow
+  mode: Webhook
 evictionHard:
   memory.available: 100Mi
   nodefs.available: 1%%
@@ -186,18 +218,9 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
-`, cgroupRoot, n.ContainerdSocket(), n.Addr, filepath.Join(n.Dir, "volume-plugins"),
-		filepath.Join(n.Dir, "resolv.conf"), clusterDNS)
+`, n.cgroupRoot, n.ContainerdSocket(), n.Addr, filepath.Join(n.Dir, "volume-plugins"),
+		filepath.Join(n.Dir, "resolv.conf"), clusterDNS, k.cert, k.key, k.clientCA)
 }
 
-// placeholderConflist lets containerd report the pod network ready (it only loads
-// the list; plugins run at a pod's ADD), so that the Nodes turn Ready. It names
-// the podnet plugin, which is not installed yet: pods that are not hostNetwork
-// fail to start until podnet runs on the node. cniVersion 1.0.0: containerd 1.6
-// rejects 1.1.0.
-const placeholderConflist = `{
-  "cniVersion": "1.0.0",
-  "name": "podnet",
-  "plugins": [{"type": "podnet"}]
-}
-`
+// kubeletFiles are the certificate files of one kubelet.
+type kubeletFiles struct{ cert, key, clientCA string }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podnet/podnet/integration/kube"
 	"github.com/podnet/podnet/integration/sandbox"
@@ -16,21 +17,23 @@ import (
 // kubeBinaries are the Kubernetes commands the cluster runs.
 var kubeBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"}
 
-// envPause passes the pause binary's path to the sandboxed re-execution;
-// envMissing why the binaries are not there (ForTest skips with it).
-const (
-	envPause   = "PODNET_E2E_PAUSE"
-	envMissing = "PODNET_E2E_MISSING"
-)
+// envMissing carries, to the sandboxed re-execution, why the binaries or the
+// images are not there (ForTest skips with it).
+const envMissing = "PODNET_E2E_MISSING"
+
+// envLoopback passes the CNI loopback plugin's path to the sandboxed re-execution.
+const envLoopback = "PODNET_E2E_LOOPBACK"
 
 // Prepare finds what the cluster runs — the Kubernetes commands through
 // hack/build-kube.sh, building them only when build is true (the first time ~6
 // minutes from empty Go caches, ~1.5 minutes with kube-apiserver built; `make
-// kube-node-tools` does it ahead) — builds the pause command into workDir, and
-// exports their paths for a sandboxed re-execution of this process. It must run
-// before the sandbox is entered (no network there to fetch modules with).
-// Progress goes to progress.
-func Prepare(ctx context.Context, workDir string, build bool, progress io.Writer) error {
+// kube-node-tools` does it ahead) — and exports their paths for a sandboxed
+// re-execution of this process; then it checks the images `make images`
+// builds (LoadImages), which it never builds, and builds the CNI loopback
+// plugin when missing (BuildLoopback, ~1 s). It must run before the sandbox
+// is entered (no network there to fetch modules with). Progress goes to
+// progress.
+func Prepare(ctx context.Context, build bool, progress io.Writer) error {
 	if !build {
 		os.Setenv("PODNET_KUBE_NO_BUILD", "1")
 		defer os.Unsetenv("PODNET_KUBE_NO_BUILD")
@@ -38,17 +41,20 @@ func Prepare(ctx context.Context, workDir string, build bool, progress io.Writer
 	if err := kube.Prepare(ctx, progress, kubeBinaries...); err != nil {
 		return err
 	}
-	pause, err := BuildPause(ctx, workDir)
+	if _, err := LoadImages(ImageCacheDir()); err != nil {
+		return err
+	}
+	loopback, err := BuildLoopback(ctx)
 	if err != nil {
 		return err
 	}
-	return os.Setenv(envPause, pause)
+	return os.Setenv(envLoopback, loopback)
 }
 
 // PreparedBinaries returns the binaries Prepare exported, or an error naming
 // what is missing.
 func PreparedBinaries() (Binaries, error) {
-	b := Binaries{Pause: os.Getenv(envPause)}
+	b := Binaries{Loopback: os.Getenv(envLoopback)}
 	for _, p := range []struct {
 		name string
 		dst  *string
@@ -66,30 +72,24 @@ func PreparedBinaries() (Binaries, error) {
 }
 
 // Main is the TestMain body for packages whose tests run a cluster: as root, it
-// finds the binaries (Prepare; it builds them only with PODNET_E2E_BUILD=1, else
-// the tests skip, naming what is missing and `make kube-node-tools`), snapshots
-// the machine's network state and sysctls, runs the tests inside a sandbox with
-// its own PID namespace (sandbox.MainPID's way), and fails the run if the
-// machine's state differs afterwards. Without root the tests run as they are
-// and skip (ForTest).
+// finds the binaries and the images (Prepare; it builds the binaries only with
+// PODNET_E2E_BUILD=1, the images never; else the tests skip, naming what is
+// missing and the make target that makes it), snapshots the machine's network
+// state, sysctls and the paths a node could write, runs the tests inside a
+// sandbox with its own PID namespace (sandbox.MainPID's way), and fails the
+// run if the machine's state differs afterwards. Without root the tests run as
+// they are and skip (ForTest).
 func Main(m *testing.M) {
 	if os.Geteuid() != 0 || sandbox.Inside() {
 		sandbox.MainPID(m)
 		return
 	}
-	work, err := os.MkdirTemp("", "podnet-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	defer os.RemoveAll(work)
-	if err := Prepare(context.Background(), work, os.Getenv("PODNET_E2E_BUILD") == "1", nil); err != nil {
+	if err := Prepare(context.Background(), os.Getenv("PODNET_E2E_BUILD") == "1", nil); err != nil {
 		os.Setenv(envMissing, strings.TrimSpace(err.Error()))
 	}
 	before, err := SnapshotHost()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(work)
 		os.Exit(1)
 	}
 	reexeced, code, err := sandbox.EnterPID()
@@ -105,18 +105,18 @@ func Main(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		code = 1
 	} else if diff := before.Diff(after); diff != "" {
-		fmt.Fprintf(os.Stderr, "FAIL: the machine's own network namespace or sysctls changed during the run:\n%s\n", diff)
+		fmt.Fprintf(os.Stderr, "FAIL: the machine's own network namespace, sysctls or files changed during the run:\n%s\n", diff)
 		code = 1
 	} else {
-		fmt.Fprintf(os.Stderr, "cluster: the machine's network namespace and %d sysctls are unchanged\n", len(before.Sysctls))
+		fmt.Fprintf(os.Stderr, "cluster: the machine's network namespace, %d sysctls and %d paths are unchanged\n", len(before.Sysctls), len(before.Paths))
 	}
-	os.RemoveAll(work)
 	os.Exit(code)
 }
 
 // ForTest brings a cluster up under t.TempDir and takes it down when t ends,
-// logging the end of every log if t failed. It skips t when not root or when
-// the binaries are missing, and fails it outside a sandbox (see Main).
+// logging the end of every log if t failed and keeping its files (also with
+// PODNET_E2E_KEEP=1) in /tmp/podnet-e2e-kept-*. It skips t when not root or when
+// the binaries or images are missing, and fails it outside a sandbox (see Main).
 func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -124,14 +124,21 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	}
 	sandbox.Require(t)
 	if why := os.Getenv(envMissing); why != "" && opts.Binaries == (Binaries{}) {
-		t.Skipf("cluster test: binaries missing: %s\n(make kube-node-tools builds them ahead, ~1.5 minutes after kube-apiserver; or PODNET_E2E_BUILD=1)", why)
+		t.Skipf("cluster test: %s\n(make e2e builds what is missing: make kube-node-tools, ~1.5 minutes after kube-apiserver, and make images, ~20 s with warm Go caches)", why)
 	}
 	if opts.Binaries == (Binaries{}) {
 		b, err := PreparedBinaries()
 		if err != nil {
-			t.Skipf("cluster test: %v (cluster.Main in TestMain builds them; make kube-node-tools ahead)", err)
+			t.Skipf("cluster test: %v (cluster.Main in TestMain finds them; make kube-node-tools builds them)", err)
 		}
 		opts.Binaries = b
+	}
+	if opts.ImageSet == nil {
+		set, err := LoadImages(ImageCacheDir())
+		if err != nil {
+			t.Skipf("cluster test: %v", err)
+		}
+		opts.ImageSet = set
 	}
 	dir := t.TempDir()
 	c, err := Up(ctx, dir, opts)
@@ -140,14 +147,19 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
+			t.Log(c.DebugState(context.Background()))
 			t.Log(logsIn(dir, 25))
 		}
+		running, start := c.cp != nil, time.Now()
 		if err := c.Down(context.Background()); err != nil {
 			t.Errorf("tear down: %v", err)
 		}
-		if t.Failed() {
-			keep := filepath.Join(os.TempDir(), "podnet-e2e-failed-"+filepath.Base(dir))
-			t.Logf("logs of the failed run: %s", keep)
+		if running {
+			t.Logf("torn down in %s", time.Since(start).Round(time.Millisecond))
+		}
+		if t.Failed() || os.Getenv("PODNET_E2E_KEEP") == "1" {
+			keep := filepath.Join(os.TempDir(), "podnet-e2e-kept-"+filepath.Base(filepath.Dir(dir)))
+			t.Logf("logs of the run: %s", keep)
 			_ = os.Rename(dir, keep)
 		}
 	})
@@ -158,7 +170,7 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 // and each node's), for a failure message.
 func logsIn(dir string, n int) string {
 	var out strings.Builder
-	for _, pattern := range []string{"controlplane/*.log", "nodes/*/*.log"} {
+	for _, pattern := range []string{"controlplane/*.log", "nodes/*/*.log", "nodes/*/log/pods/*/*/*.log"} {
 		paths, _ := filepath.Glob(filepath.Join(dir, pattern))
 		for _, p := range paths {
 			fmt.Fprintf(&out, "--- %s\n%s\n", p, tail(p, n))

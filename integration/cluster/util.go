@@ -46,3 +46,12 @@ func poll(ctx context.Context, what string, interval time.Duration, check func(c
 		}
 	}
 }
+
+// copyFile copies src to dst with mode perm.
+func copyFile(src, dst string, perm os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, perm)
+}

@@ -35,7 +35,7 @@ func Binary(ctx context.Context, name string, progress io.Writer) (string, error
 		}
 		return path, nil
 	}
-	root, err := repoRoot()
+	root, err := RepoRoot()
 	if err != nil {
 		return "", err
 	}
@@ -56,8 +56,9 @@ func Binary(ctx context.Context, name string, progress io.Writer) (string, error
 	return path, nil
 }
 
-// repoRoot finds the directory of podnet's go.mod above the working directory.
-func repoRoot() (string, error) {
+// RepoRoot finds the directory of podnet's go.mod above the working directory
+// (hack/ and deploy/ are found from there).
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
