@@ -315,7 +315,7 @@ func (t *tracer) sourceHops() {
 	case t.pkt.local:
 		t.hop("node "+self, fmt.Sprintf("sent by the node's own stack from %s: nftables output hook, then routing", t.pkt.src), "")
 	default:
-		t.hop("node "+self, fmt.Sprintf("%s is not on this node: this is what node %s does with such a packet when it arrives here", endName(t.tr.From), self), "")
+		t.hop("node "+self, fmt.Sprintf("%s is not on this node: this is what node %s does with such a packet when it arrives here", t.tr.From.String(), self), "")
 	}
 }
 
@@ -397,7 +397,7 @@ func (t *tracer) routeTo(dst netip.AddrPort, several bool) bool {
 		return false
 	}
 	w := t.d.locate(t.c, dst.Addr())
-	name := endName(api.TraceEnd{Kind: w.kind, Node: w.node, Address: dst.Addr().String(), Pod: podOf(w)})
+	name := api.TraceEnd{Kind: w.kind, Node: w.node, Address: dst.Addr().String(), Pod: podOf(w)}.String()
 	switch {
 	case dec.Type == "local":
 		t.hop(where, fmt.Sprintf("%s is an address of this node: delivered locally (input hook), port %d", dst.Addr(), dst.Port()), "")

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/podnet/podnet/daemon/api"
 	"github.com/podnet/podnet/ipam"
 	"github.com/podnet/podnet/nft"
 )
@@ -248,21 +247,3 @@ func serviceByAddr(v *serviceView, dst netip.Addr, port uint16, proto string, se
 
 // svcName is "namespace/name".
 func svcName(s *nft.Service) string { return s.Namespace + "/" + s.Name }
-
-// endName describes a trace end for the hops: "pod default/a (10.244.1.5)".
-func endName(e api.TraceEnd) string {
-	switch e.Kind {
-	case "pod":
-		if e.Pod != "" {
-			return "pod " + e.Pod + " (" + e.Address + ")"
-		}
-		return "pod " + e.Address
-	case "remote-pod":
-		return "pod " + e.Address + " on node " + e.Node
-	case "node":
-		return "node " + e.Node + " (" + e.Address + ")"
-	case "service":
-		return "service " + e.Service + " (" + e.Address + ")"
-	}
-	return e.Address + " (outside the cluster)"
-}

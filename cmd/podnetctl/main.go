@@ -2,7 +2,6 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -185,27 +184,22 @@ func conntrackSummary(st *api.Status) string {
 // printServices prints one line per endpoint of each programmed service (the
 // service's columns only on its first line), then the rejected and ignored ones.
 func printServices(out io.Writer, s *api.Services) error {
-	var table bytes.Buffer
-	w := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SERVICE\tVIPS\tPORTS\tENDPOINT\tNODE\tCONDITIONS\tOPTIONS")
+	rows := [][]string{{"SERVICE", "VIPS", "PORTS", "ENDPOINT", "NODE", "CONDITIONS", "OPTIONS"}}
 	for _, svc := range s.Programmed {
 		head := []string{svc.Namespace + "/" + svc.Name, vips(svc), ports(svc)}
 		if len(svc.Endpoints) == 0 {
-			fmt.Fprintf(w, "%s\t(none)\t\t\t%s\n", strings.Join(head, "\t"), options(svc))
+			rows = append(rows, append(head, "(none)", "", "", options(svc)))
 		}
 		for i, ep := range svc.Endpoints {
 			opts := options(svc)
 			if i > 0 {
 				head, opts = []string{"", "", ""}, ""
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", strings.Join(head, "\t"), endpoint(svc, ep), cmp.Or(ep.Node, "-"), conditions(ep), opts)
+			rows = append(rows, append(slices.Clone(head), endpoint(svc, ep), cmp.Or(ep.Node, "-"), conditions(ep), opts))
 		}
 	}
-	if err := w.Flush(); err != nil {
+	if err := table(out, rows); err != nil {
 		return err
-	}
-	for line := range strings.Lines(table.String()) { // no padding after the last cell
-		fmt.Fprintln(out, strings.TrimRight(line, " \n"))
 	}
 	if len(s.Rejected) > 0 {
 		fmt.Fprintf(out, "\nREJECTED (%d)\n", len(s.Rejected))

@@ -116,7 +116,7 @@ func printRoutes(out io.Writer, v *api.Routes) error {
 // printTrace prints the path as numbered hops, then the outcome and what the
 // probe confirmed.
 func printTrace(out io.Writer, t *api.Trace) error {
-	fmt.Fprintf(out, "trace %s → %s, %s port %d\n\n", endText(t.From), endText(t.To), t.Proto, t.Port)
+	fmt.Fprintf(out, "trace %s → %s, %s port %d\n\n", t.From, t.To, t.Proto, t.Port)
 	rows := [][]string{}
 	for i, h := range t.Hops {
 		rows = append(rows, []string{fmt.Sprintf("%2d", i+1), h.Where, h.What})
@@ -153,21 +153,4 @@ func printTrace(out io.Writer, t *api.Trace) error {
 		}
 	}
 	return nil
-}
-
-func endText(e api.TraceEnd) string {
-	switch e.Kind {
-	case "pod":
-		if e.Pod != "" {
-			return "pod " + e.Pod + " (" + e.Address + ")"
-		}
-		return "pod " + e.Address
-	case "remote-pod":
-		return "pod " + e.Address + " on node " + e.Node
-	case "node":
-		return "node " + e.Node + " (" + e.Address + ")"
-	case "service":
-		return "service " + e.Service + " (" + e.Address + ")"
-	}
-	return e.Address + " (outside the cluster)"
 }

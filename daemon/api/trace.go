@@ -53,6 +53,25 @@ type TraceEnd struct {
 	Service string `json:"service,omitempty"` // namespace/name
 }
 
+// String describes the end for people: "pod default/a (10.244.1.5)", "pod
+// 10.244.2.7 on node node2", "service default/web (10.96.0.10)", …
+func (e TraceEnd) String() string {
+	switch e.Kind {
+	case "pod":
+		if e.Pod != "" {
+			return "pod " + e.Pod + " (" + e.Address + ")"
+		}
+		return "pod " + e.Address
+	case "remote-pod":
+		return "pod " + e.Address + " on node " + e.Node
+	case "node":
+		return "node " + e.Node + " (" + e.Address + ")"
+	case "service":
+		return "service " + e.Service + " (" + e.Address + ")"
+	}
+	return e.Address + " (outside the cluster)"
+}
+
 // Hop is one step of the path. Where names the place ("pod default/a eth0",
 // "veth pn1a2b3c4d5e6f", "bridge podnet0", "nftables", "routing", "node
 // node2"); What says what happens there.
