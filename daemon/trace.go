@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -169,7 +170,7 @@ func (t *tracer) resolveTo(to target, srcAddrs []netip.Addr) error {
 		tr.To.Kind, tr.To.Service, tr.To.Address = "service", svcName(svc), t.pkt.dst.String()
 	} else {
 		t.pkt.dst = to.addr
-		proto = cmpOr(proto, "tcp")
+		proto = cmp.Or(proto, "tcp")
 		w := t.d.locate(t.c, to.addr)
 		self := w.kind == "node" && w.node == t.d.cfg.NodeName
 		port := uint16(0)
@@ -225,13 +226,6 @@ func (t *tracer) trInputTo(to target) string {
 		s += "/" + to.proto
 	}
 	return s
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // pickPort finds the service port a trace names: by number or name, or the

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,7 +28,7 @@ func (d *Daemon) explainNFT(p tracePacket) (nftDecision, error) {
 	}
 	out := nftDecision{verdict: e.Verdict, chains: e.Chains, backends: e.Backends}
 	if e.Masquerade {
-		out.masq = cmpOr(e.MasqReason, "yes")
+		out.masq = cmp.Or(e.MasqReason, "yes")
 	}
 	for _, s := range e.Steps {
 		h := api.Hop{Where: "nftables " + s.Chain, What: s.What, Rule: s.Rule}
@@ -172,7 +173,7 @@ func compare(res *api.ProbeResult, pred nftDecision, pkt tracePacket, outcome st
 		}
 	}
 	if i < len(pred.chains) {
-		miss("predicted chains %s, the probe went through %s", strings.Join(pred.chains, " → "), cmpOr(strings.Join(res.Chains, " → "), "none"))
+		miss("predicted chains %s, the probe went through %s", strings.Join(pred.chains, " → "), cmp.Or(strings.Join(res.Chains, " → "), "none"))
 	}
 	switch pred.verdict {
 	case nft.VerdictDNAT:
