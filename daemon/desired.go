@@ -40,7 +40,7 @@ func addrOfFamily(addrs []netip.Addr, v4 bool) (netip.Addr, bool) {
 }
 
 // desiredNFT is the table's state on node self: every podCIDR and node address
-// of the cluster (masquerade), self's addresses, and the cluster's services,
+// of the cluster (masquerade), self's addresses and podCIDRs, and the cluster's services,
 // copied into buf's storage when it is large enough (at 50k services a new
 // slice would be 12 MB of garbage per sync).
 func desiredNFT(c *Cluster, self string, buf []nft.Service) nft.State {
@@ -54,6 +54,7 @@ func desiredNFT(c *Cluster, self string, buf []nft.Service) nft.State {
 		s.NodeIPs = append(s.NodeIPs, n.Addresses...)
 		if n.Name == self {
 			s.LocalIPs = slices.Clone(n.Addresses)
+			s.LocalPodCIDRs = slices.Clone(n.PodCIDRs)
 		}
 	}
 	return s

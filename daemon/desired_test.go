@@ -121,17 +121,19 @@ func TestDesiredNFT(t *testing.T) {
 		Services:     []nft.Service{web},
 	}
 	tests := []struct {
-		self     string
-		localIPs []netip.Addr
+		self      string
+		localIPs  []netip.Addr
+		localPods []netip.Prefix
 	}{
-		{"a", []netip.Addr{addr("192.168.1.1"), addr("fd00::1")}},
-		{"b", []netip.Addr{addr("192.168.1.2")}},
-		{"x", nil}, // not in the cluster: no local addresses
+		{"a", []netip.Addr{addr("192.168.1.1"), addr("fd00::1")}, []netip.Prefix{prefix("10.244.0.0/24"), prefix("fd00:10:244::/64")}},
+		{"b", []netip.Addr{addr("192.168.1.2")}, []netip.Prefix{prefix("10.244.1.0/24")}},
+		{"c", []netip.Addr{addr("192.168.1.3")}, nil}, // no podCIDR yet
+		{"x", nil, nil}, // not in the cluster: no local addresses
 	}
 	for _, tt := range tests {
 		t.Run(tt.self, func(t *testing.T) {
 			want := base
-			want.NodeName, want.LocalIPs = tt.self, tt.localIPs
+			want.NodeName, want.LocalIPs, want.LocalPodCIDRs = tt.self, tt.localIPs, tt.localPods
 			if diff := cmp.Diff(want, desiredNFT(c, tt.self, nil), netipComparers); diff != "" {
 				t.Errorf("desiredNFT (-want +got):\n%s", diff)
 			}

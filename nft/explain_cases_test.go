@@ -13,9 +13,11 @@ import (
 // (inside the load balancer's source ranges) and 198.51.100.0/24.
 var explainState = State{
 	ClusterCIDRs: prefixes("10.244.0.0/16", "240.0.0.0/4", "fd00:10:244::/48"),
-	NodeIPs:      addrs("192.168.1.11", "192.168.1.12", "2001:db8::11"),
-	NodeName:     "node1",
-	LocalIPs:     addrs("192.168.1.11", "2001:db8::11"),
+	// node1's podCIDRs: the client 10.244.1.2, pod-a and pod-b.
+	LocalPodCIDRs: prefixes("10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "fd00:10:244:1::/64", "fd00:10:244:2::/64"),
+	NodeIPs:       addrs("192.168.1.11", "192.168.1.12", "2001:db8::11"),
+	NodeName:      "node1",
+	LocalIPs:      addrs("192.168.1.11", "2001:db8::11"),
 	Services: []Service{
 		{
 			Namespace: "default", Name: "web",
@@ -366,7 +368,7 @@ backends 10.244.2.2:8080 10.244.3.2:8080
 masquerade yes: marked 0x00004000 in services: masqueraded to the node's address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
-[services] ip saddr != @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
+[services] ip saddr != @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
     element tcp . 30080
     the client 198.51.100.2 is outside the cluster CIDRs: marked 0x00004000 for masquerade
 [services] ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
@@ -395,6 +397,26 @@ masquerade no: the pod 10.244.1.2 reaches 10.244.2.2:8080, 10.244.3.2:8080, in t
 [postrouting] (no rule)
     the pod 10.244.1.2 reaches 10.244.2.2:8080, 10.244.3.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
 `},
+	{"NodePort from another node's pod", tcpTo("10.244.4.2", "192.168.1.11", 30080), `
+verdict dnat
+service tcp . 30080
+chains prerouting services np-v4-2
+backends 10.244.2.2:8080 10.244.3.2:8080
+masquerade yes: marked 0x00004000 in services: masqueraded to the node's address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] ip saddr != @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
+    element tcp . 30080
+    the client 10.244.4.2 is a pod of another node (cluster CIDR 10.244.0.0/16), whose endpoint's reply must come back through this node: marked 0x00004000 for masquerade
+[services] ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
+    element tcp . 30080 : goto np-v4-2
+    the service port has 2 endpoints: goto np-v4-2
+[np-v4-2] dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-backends-v4
+    element tcp . 30080 . 0x00000000 : 10.244.2.2 . 8080, tcp . 30080 . 0x00000001 : 10.244.3.2 . 8080
+    DNAT to one of the 2 endpoints, picked at random: 10.244.2.2:8080, 10.244.3.2:8080
+[postrouting] meta mark & 0x00004000 == 0x00004000 masquerade fully-random
+    marked 0x00004000 in services: masqueraded to the node's address
+`},
 	{"NodePort from the node itself", fromNode(tcpTo("192.168.1.11", "192.168.1.11", 30080)), `
 verdict dnat
 service tcp . 30080
@@ -403,7 +425,7 @@ backends 10.244.2.2:8080 10.244.3.2:8080
 masquerade yes: marked 0x00004000 in services: masqueraded to the node's address
 [output] jump services
     a new connection the node itself opens goes to the services chain
-[services] ip saddr != @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
+[services] ip saddr != @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
     element tcp . 30080
     the client 192.168.1.11 is outside the cluster CIDRs: marked 0x00004000 for masquerade
 [services] ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
@@ -524,14 +546,31 @@ backends 10.244.2.2:8080 10.244.4.2:8080
 masquerade no: the pod 10.244.1.2 reaches 10.244.2.2:8080, 10.244.4.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
-[services] ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+[services] ip saddr @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
     element tcp . 30081 : goto npc-v4-2
-    the client 10.244.1.2 is a pod (cluster CIDR 10.244.0.0/16), which externalTrafficPolicy Local does not apply to; the service port has 2 endpoints: goto npc-v4-2
+    the client 10.244.1.2 is a pod of this node (podCIDR 10.244.1.0/24), which externalTrafficPolicy Local does not apply to; the service port has 2 endpoints: goto npc-v4-2
 [npc-v4-2] dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-backends-cluster-v4
     element tcp . 30081 . 0x00000000 : 10.244.2.2 . 8080, tcp . 30081 . 0x00000001 : 10.244.4.2 . 8080
     DNAT to one of the 2 endpoints, picked at random: 10.244.2.2:8080, 10.244.4.2:8080
 [postrouting] (no rule)
     the pod 10.244.1.2 reaches 10.244.2.2:8080, 10.244.4.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
+`},
+	{"Local policy NodePort from another node's pod", tcpTo("10.244.4.2", "192.168.1.11", 30081), `
+verdict dnat
+service tcp . 30081
+chains prerouting services np-v4-1
+backends 10.244.2.2:8080
+masquerade no: the pod 10.244.4.2 reaches 10.244.2.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
+    element tcp . 30081 : goto np-v4-1
+    the service port has 1 endpoint: goto np-v4-1
+[np-v4-1] dnat ip to meta l4proto . th dport . numgen random mod 1 map @nodeport-backends-v4
+    element tcp . 30081 . 0x00000000 : 10.244.2.2 . 8080
+    DNAT to the only endpoint 10.244.2.2:8080
+[postrouting] (no rule)
+    the pod 10.244.4.2 reaches 10.244.2.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
 `},
 	{"Local policy NodePort from the node itself", fromNode(tcpTo("192.168.1.11", "192.168.1.11", 30081)), `
 verdict dnat

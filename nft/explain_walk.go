@@ -25,6 +25,8 @@ type walker struct {
 	// Memoised answers about the packet's addresses.
 	srcCIDR           *element // the cluster-cidrs element holding Src; nil: none
 	srcCIDRDone       bool
+	srcLocalPod       *element // the local-pod-cidrs element holding Src; nil: none
+	srcLocalPodDone   bool
 	srcLocal, dstNode *bool
 }
 
@@ -109,6 +111,21 @@ func (w *walker) inCIDRs() (*element, error) {
 	return w.srcCIDR, nil
 }
 
+// inLocalPodCIDRs returns the local-pod-cidrs element holding Src, or nil.
+func (w *walker) inLocalPodCIDRs() (*element, error) {
+	if !w.srcLocalPodDone {
+		e, ok, err := w.get(setLocalPodCIDRs, newKey().addr(w.p.Src))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			w.srcLocalPod = &e
+		}
+		w.srcLocalPodDone = true
+	}
+	return w.srcLocalPod, nil
+}
+
 // fromNode is `fib saddr type local`.
 func (w *walker) fromNode() (bool, error) {
 	if w.srcLocal == nil {
@@ -159,23 +176,30 @@ func (w *walker) serviceRule(r ruleSpec) (done bool, err error) {
 		w.step(chainServices, r.text, e.text(), fmt.Sprintf("%s takes only clients in its loadBalancerSourceRanges and %s is in none: dropped", e.text(), p.Src))
 		return true, nil
 
-	case "cluster-vips-pods", "cluster-nodeports-pods":
+	case "cluster-vips-pods":
 		cidr, err := w.inCIDRs()
 		if err != nil || cidr == nil {
 			return false, err
 		}
-		set, key := setServiceIPsCluster, w.vipKey()
-		if role == "cluster-nodeports-pods" {
-			if ok, err := w.toNodePort(); err != nil || !ok {
-				return false, err
-			}
-			set, key = setNodePortsCluster, w.nodePortKey()
-		}
-		e, ok, err := w.get(set, key)
+		e, ok, err := w.get(setServiceIPsCluster, w.vipKey())
 		if err != nil || !ok {
 			return false, err
 		}
 		return w.vmap(r.text, e, fmt.Sprintf("the client %s is a pod (cluster CIDR %s), which externalTrafficPolicy Local does not apply to", p.Src, cidr.text()))
+
+	case "cluster-nodeports-pods":
+		cidr, err := w.inLocalPodCIDRs()
+		if err != nil || cidr == nil {
+			return false, err
+		}
+		if ok, err := w.toNodePort(); err != nil || !ok {
+			return false, err
+		}
+		e, ok, err := w.get(setNodePortsCluster, w.nodePortKey())
+		if err != nil || !ok {
+			return false, err
+		}
+		return w.vmap(r.text, e, fmt.Sprintf("the client %s is a pod of this node (podCIDR %s), which externalTrafficPolicy Local does not apply to", p.Src, cidr.text()))
 
 	case "cluster-vips-node-mark", "cluster-vips-node", "cluster-nodeports-node-mark", "cluster-nodeports-node":
 		if ok, err := w.fromNode(); err != nil || !ok {
@@ -199,23 +223,37 @@ func (w *walker) serviceRule(r ruleSpec) (done bool, err error) {
 		}
 		return w.vmap(r.text, e, "the node itself is not subject to externalTrafficPolicy Local")
 
-	case "masq-vips", "masq-nodeports":
+	case "masq-vips":
 		if cidr, err := w.inCIDRs(); err != nil || cidr != nil {
 			return false, err
 		}
-		set, key := setMasqVIPs, w.vipKey()
-		if role == "masq-nodeports" {
-			if ok, err := w.toNodePort(); err != nil || !ok {
-				return false, err
-			}
-			set, key = setMasqNodePorts, w.nodePortKey()
-		}
-		e, ok, err := w.get(set, key)
+		e, ok, err := w.get(setMasqVIPs, w.vipKey())
 		if err != nil || !ok {
 			return false, err
 		}
 		w.marked = true
 		w.step(chainServices, r.text, e.text(), fmt.Sprintf("the client %s is outside the cluster CIDRs: marked 0x%08x for masquerade", p.Src, masqMark))
+		return false, nil
+
+	case "masq-nodeports":
+		if cidr, err := w.inLocalPodCIDRs(); err != nil || cidr != nil {
+			return false, err
+		}
+		if ok, err := w.toNodePort(); err != nil || !ok {
+			return false, err
+		}
+		e, ok, err := w.get(setMasqNodePorts, w.nodePortKey())
+		if err != nil || !ok {
+			return false, err
+		}
+		w.marked = true
+		who := "outside the cluster CIDRs"
+		if cidr, err := w.inCIDRs(); err != nil {
+			return false, err
+		} else if cidr != nil {
+			who = fmt.Sprintf("a pod of another node (cluster CIDR %s), whose endpoint's reply must come back through this node", cidr.text())
+		}
+		w.step(chainServices, r.text, e.text(), fmt.Sprintf("the client %s is %s: marked 0x%08x for masquerade", p.Src, who, masqMark))
 		return false, nil
 
 	case "service-ips", "service-nodeports":

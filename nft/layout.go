@@ -22,12 +22,16 @@ const (
 
 	// layoutVersion tags every rule (see ruleTag). Bump it whenever a set, the
 	// chain or a rule changes.
-	layoutVersion = 6
+	layoutVersion = 7
 
 	setClusterCIDRs4 = "cluster-cidrs-v4"
 	setClusterCIDRs6 = "cluster-cidrs-v6"
 	setNodeIPs4      = "node-ips-v4"
 	setNodeIPs6      = "node-ips-v6"
+	// This node's own podCIDRs: a NodePort client from them is one of the
+	// node's pods, whose replies come back through the node.
+	setLocalPodCIDRs4 = "local-pod-cidrs-v4"
+	setLocalPodCIDRs6 = "local-pod-cidrs-v6"
 
 	chainPostrouting = "postrouting"
 )
@@ -56,6 +60,8 @@ var setSpecs = slices.Concat([]setSpec{
 	{name: setClusterCIDRs6, keyType: nftables.TypeIP6Addr, interval: true},
 	{name: setNodeIPs4, keyType: nftables.TypeIPAddr},
 	{name: setNodeIPs6, keyType: nftables.TypeIP6Addr},
+	{name: setLocalPodCIDRs4, keyType: nftables.TypeIPAddr, interval: true},
+	{name: setLocalPodCIDRs6, keyType: nftables.TypeIP6Addr, interval: true},
 }, svcSetSpecs(families[0]), svcSetSpecs(families[1]), hostPortSetSpecs(families[0]), hostPortSetSpecs(families[1]))
 
 // typed reports whether the set is described by typeText (a concatenation or

@@ -57,6 +57,16 @@ var netipEqual = cmp.Options{
 // rules is the rest of the table after the masquerade sets, without services:
 // the service sets and every fixed chain, as nft 1.0.6 lists them.
 const rules = `
+→set local-pod-cidrs-v4 {
+→→type ipv4_addr
+→→flags interval
+→}
+
+→set local-pod-cidrs-v6 {
+→→type ipv6_addr
+→→flags interval
+→}
+
 →map service-ips-v4 {
 →→type ipv4_addr . inet_proto . inet_service : verdict
 →}
@@ -238,10 +248,10 @@ const rules = `
 →→ip saddr != @cluster-cidrs-v4 ip daddr . meta l4proto . th dport @masq-vips-v4 meta mark set meta mark | 0x00004000
 →→ip daddr . meta l4proto . th dport vmap @service-ips-v4
 →→ip daddr @cluster-ips-v4 reject with icmp port-unreachable
-→→ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+→→ip saddr @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
 →→fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v4 meta mark set meta mark | 0x00004000
 →→fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
-→→ip saddr != @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
+→→ip saddr != @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
 →→ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
 →→ip6 daddr . meta l4proto . th dport @lb-restricted-v6 ip6 daddr . meta l4proto . th dport . ip6 saddr != @lb-source-ranges-v6 drop
 →→ip6 saddr @cluster-cidrs-v6 ip6 daddr . meta l4proto . th dport vmap @service-ips-cluster-v6
@@ -250,10 +260,10 @@ const rules = `
 →→ip6 saddr != @cluster-cidrs-v6 ip6 daddr . meta l4proto . th dport @masq-vips-v6 meta mark set meta mark | 0x00004000
 →→ip6 daddr . meta l4proto . th dport vmap @service-ips-v6
 →→ip6 daddr @cluster-ips-v6 reject with icmpv6 port-unreachable
-→→ip6 saddr @cluster-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
+→→ip6 saddr @local-pod-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
 →→fib saddr type local ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v6 meta mark set meta mark | 0x00004000
 →→fib saddr type local ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
-→→ip6 saddr != @cluster-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @masq-nodeports-v6 meta mark set meta mark | 0x00004000
+→→ip6 saddr != @local-pod-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @masq-nodeports-v6 meta mark set meta mark | 0x00004000
 →→ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v6
 →}
 

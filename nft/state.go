@@ -17,6 +17,12 @@ import (
 type State struct {
 	ClusterCIDRs []netip.Prefix // every node's podCIDRs, IPv4 and IPv6 mixed
 	NodeIPs      []netip.Addr   // every node's addresses, IPv4 and IPv6 mixed
+	// LocalPodCIDRs are this node's own podCIDRs (a subset of ClusterCIDRs).
+	// A NodePort client from them is one of this node's pods and keeps its
+	// address; any other client, a pod of another node included, is
+	// masqueraded (externalTrafficPolicy Cluster), since the endpoint's reply
+	// would otherwise bypass this node's conntrack.
+	LocalPodCIDRs []netip.Prefix
 
 	// NodeName is this node's name: Local traffic policies keep the endpoints
 	// whose NodeName equals it.
@@ -35,7 +41,8 @@ type State struct {
 func (s State) Clone() State {
 	c := State{
 		ClusterCIDRs: slices.Clone(s.ClusterCIDRs), NodeIPs: slices.Clone(s.NodeIPs),
-		NodeName: s.NodeName, LocalIPs: slices.Clone(s.LocalIPs), HostPorts: slices.Clone(s.HostPorts),
+		LocalPodCIDRs: slices.Clone(s.LocalPodCIDRs),
+		NodeName:      s.NodeName, LocalIPs: slices.Clone(s.LocalIPs), HostPorts: slices.Clone(s.HostPorts),
 	}
 	if s.Services != nil {
 		c.Services = make([]Service, len(s.Services))
@@ -98,20 +105,8 @@ func skippedError(problems []string) error {
 // normalizeBase validates the fields of s other than its services and returns
 // the content of the sets they fill, with a line for each value left out.
 func normalizeBase(s State) (desired, []string) {
-	var problems []string
-	var p4, p6 []netip.Prefix
-	for i, p := range s.ClusterCIDRs {
-		switch {
-		case !p.IsValid():
-			problems = append(problems, fmt.Sprintf("ClusterCIDRs[%d] %s: not a valid prefix", i, p))
-		case p != p.Masked():
-			problems = append(problems, fmt.Sprintf("ClusterCIDRs[%d] %s: host bits set (want %s)", i, p, p.Masked()))
-		case p.Addr().Is4():
-			p4 = append(p4, p)
-		default:
-			p6 = append(p6, p)
-		}
-	}
+	p4, p6, problems := splitPrefixes("ClusterCIDRs", s.ClusterCIDRs, nil)
+	l4, l6, problems := splitPrefixes("LocalPodCIDRs", s.LocalPodCIDRs, problems)
 	var a4, a6 []netip.Addr
 	for i, a := range s.NodeIPs {
 		switch {
@@ -128,8 +123,10 @@ func normalizeBase(s State) (desired, []string) {
 	hostPorts, hpProblems := normalizeHostPorts(s.HostPorts)
 	d := desired{
 		prefixes: map[string][]netip.Prefix{
-			setClusterCIDRs4: outermost(p4),
-			setClusterCIDRs6: outermost(p6),
+			setClusterCIDRs4:  outermost(p4),
+			setClusterCIDRs6:  outermost(p6),
+			setLocalPodCIDRs4: outermost(l4),
+			setLocalPodCIDRs6: outermost(l6),
 		},
 		addrs: map[string][]netip.Addr{
 			setNodeIPs4: sortedUnique(a4),
@@ -138,6 +135,24 @@ func normalizeBase(s State) (desired, []string) {
 		hostPorts: hostPorts,
 	}
 	return d, append(problems, hpProblems...)
+}
+
+// splitPrefixes splits the prefixes of the State field named field by family,
+// appending a line to problems for each invalid one.
+func splitPrefixes(field string, ps []netip.Prefix, problems []string) (p4, p6 []netip.Prefix, _ []string) {
+	for i, p := range ps {
+		switch {
+		case !p.IsValid():
+			problems = append(problems, fmt.Sprintf("%s[%d] %s: not a valid prefix", field, i, p))
+		case p != p.Masked():
+			problems = append(problems, fmt.Sprintf("%s[%d] %s: host bits set (want %s)", field, i, p, p.Masked()))
+		case p.Addr().Is4():
+			p4 = append(p4, p)
+		default:
+			p6 = append(p6, p)
+		}
+	}
+	return p4, p6, problems
 }
 
 // outermost sorts prefixes of one family by address and drops duplicates and

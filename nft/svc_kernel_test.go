@@ -14,10 +14,11 @@ import (
 // ports, NodePort with externalTrafficPolicy Local, LoadBalancer with source
 // ranges, and a service without endpoints.
 var svcState = State{
-	ClusterCIDRs: prefixes("10.244.1.0/24", "10.244.2.0/24", "fd00:10:244:1::/64"),
-	NodeIPs:      addrs("192.168.1.11", "192.168.1.12", "2001:db8::11"),
-	NodeName:     "node1",
-	LocalIPs:     addrs("192.168.1.11", "2001:db8::11"),
+	ClusterCIDRs:  prefixes("10.244.1.0/24", "10.244.2.0/24", "fd00:10:244:1::/64"),
+	LocalPodCIDRs: prefixes("10.244.1.0/24", "fd00:10:244:1::/64"),
+	NodeIPs:       addrs("192.168.1.11", "192.168.1.12", "2001:db8::11"),
+	NodeName:      "node1",
+	LocalIPs:      addrs("192.168.1.11", "2001:db8::11"),
 	Services: []Service{
 		{
 			Namespace: "default", Name: "web",

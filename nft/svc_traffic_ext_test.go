@@ -185,7 +185,7 @@ func TestSvcNodePort(t *testing.T) {
 	l.sync(t, extService(PolicyCluster, svcEndpoint(svcPodAIP), svcEndpoint(svcPodBIP)))
 
 	const n = 30
-	// A client inside the cluster CIDRs keeps its address.
+	// A pod of this node keeps its address.
 	wantServers(t, "client to node IP", askAll(t, l.client, "tcp4", np, n, client(svcClientIP)), "pod-a", "pod-b")
 	// One outside them is masqueraded, on every local address of the node.
 	wantServers(t, "ext-a to node IP", askAll(t, l.extA, "tcp4", np, n, masqueraded), "pod-a", "pod-b")
@@ -198,6 +198,17 @@ func TestSvcNodePort(t *testing.T) {
 	if err != nil || r.server != "node-lo" {
 		t.Errorf("node to 127.0.0.1:%s: got %+v, %v; want the node's own server node-lo", extNP, r, err)
 	}
+
+	// A pod of another node (in the cluster CIDRs, not in this node's
+	// podCIDRs) is masqueraded: without it, an endpoint beside that pod
+	// would answer it directly, bypassing this node's conntrack.
+	l.localPods = prefixes("10.244.2.0/24", "10.244.3.0/24")
+	l.sync(t, extService(PolicyCluster, svcEndpoint(svcPodAIP), svcEndpoint(svcPodBIP)))
+	wantServers(t, "another node's pod to node IP", askAll(t, l.client, "tcp4", np, n, masqueraded), "pod-a", "pod-b")
+	// A VIP is translated on the client's own node, so a pod keeps its
+	// address there whatever node it is on.
+	wantServers(t, "another node's pod to external IP",
+		askAll(t, l.client, "tcp4", net.JoinHostPort(extVIP, "80"), n, client(svcClientIP)), "pod-a", "pod-b")
 }
 
 func TestSvcExternalIPs(t *testing.T) {
@@ -255,6 +266,15 @@ func TestSvcExternalTrafficPolicyLocal(t *testing.T) {
 	wantDropped(t, probes...)
 	wantServers(t, "client to ClusterIP, no local endpoint", askAll(t, l.client, "tcp4", vip, n, client(svcClientIP)), "pod-a", "pod-b")
 	inside(", no local endpoint")
+
+	// A pod of another node reaching this node's NodePort is an outside
+	// client there: only the local endpoint, keeping its address (the
+	// endpoint's reply comes back through this node), and dropped without one.
+	l.localPods = prefixes("10.244.2.0/24", "10.244.3.0/24")
+	l.sync(t, extService(PolicyLocal, svcEndpoint(svcPodAIP), onNode("node2", svcEndpoint(svcPodBIP))))
+	wantServers(t, "another node's pod to NodePort", askAll(t, l.client, "tcp4", np, n, client(svcClientIP)), "pod-a")
+	l.sync(t, extService(PolicyLocal, onNode("node2", svcEndpoint(svcPodAIP)), onNode("node2", svcEndpoint(svcPodBIP))))
+	wantDropped(t, probe{l.client, np, "another node's pod to NodePort, no local endpoint"})
 }
 
 func TestSvcInternalTrafficPolicyLocal(t *testing.T) {
@@ -402,11 +422,12 @@ func TestSvcDualStack(t *testing.T) {
 	svc := webService(svcEndpoint(svcPodAIP), svcEndpoint(podA6), svcEndpoint(svcPodBIP), svcEndpoint(podB6))
 	svc.ClusterIPs = addrs(svcWebVIP, vip6)
 	err := l.tbl.Sync(State{
-		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/48"),
-		NodeIPs:      addrs(extNodeIP),
-		NodeName:     "node1",
-		LocalIPs:     addrs(extNodeIP),
-		Services:     []Service{svc},
+		ClusterCIDRs:  prefixes("10.244.0.0/16", "fd00:10:244::/48"),
+		LocalPodCIDRs: l.localPods,
+		NodeIPs:       addrs(extNodeIP),
+		NodeName:      "node1",
+		LocalIPs:      addrs(extNodeIP),
+		Services:      []Service{svc},
 	})
 	if err != nil {
 		t.Fatalf("Sync: %v", err)
@@ -420,11 +441,12 @@ func TestSvcDualStack(t *testing.T) {
 	// With ClientIP affinity, each family's connections stick to one endpoint.
 	svc.AffinityTimeout = time.Minute
 	if err := l.tbl.Sync(State{
-		ClusterCIDRs: prefixes("10.244.0.0/16", "fd00:10:244::/48"),
-		NodeIPs:      addrs(extNodeIP),
-		NodeName:     "node1",
-		LocalIPs:     addrs(extNodeIP),
-		Services:     []Service{svc},
+		ClusterCIDRs:  prefixes("10.244.0.0/16", "fd00:10:244::/48"),
+		LocalPodCIDRs: l.localPods,
+		NodeIPs:       addrs(extNodeIP),
+		NodeName:      "node1",
+		LocalIPs:      addrs(extNodeIP),
+		Services:      []Service{svc},
 	}); err != nil {
 		t.Fatalf("Sync: %v", err)
 	}

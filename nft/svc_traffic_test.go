@@ -44,6 +44,9 @@ const (
 type svcLab struct {
 	client, podA, podB, node *sandbox.NetNS
 	tbl                      *Table
+	// localPods are the node's own podCIDRs in the synced State: all three
+	// links' subnets, unless a test makes the client a pod of another node.
+	localPods []netip.Prefix
 }
 
 // newSvcLab builds the topology with namespace names starting with prefix and
@@ -51,10 +54,11 @@ type svcLab struct {
 func newSvcLab(t *testing.T, prefix string) *svcLab {
 	t.Helper()
 	l := &svcLab{
-		client: sandbox.TestNetNS(t, prefix+"-client"),
-		podA:   sandbox.TestNetNS(t, prefix+"-a"),
-		podB:   sandbox.TestNetNS(t, prefix+"-b"),
-		node:   sandbox.TestNetNS(t, prefix+"-node"),
+		client:    sandbox.TestNetNS(t, prefix+"-client"),
+		podA:      sandbox.TestNetNS(t, prefix+"-a"),
+		podB:      sandbox.TestNetNS(t, prefix+"-b"),
+		node:      sandbox.TestNetNS(t, prefix+"-node"),
+		localPods: prefixes("10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"),
 	}
 	for _, p := range []struct {
 		ns     *sandbox.NetNS
@@ -87,11 +91,12 @@ func newSvcLab(t *testing.T, prefix string) *svcLab {
 func (l *svcLab) sync(t *testing.T, services ...Service) {
 	t.Helper()
 	err := l.tbl.Sync(State{
-		ClusterCIDRs: prefixes("10.244.0.0/16"),
-		NodeIPs:      addrs("192.168.1.11"),
-		NodeName:     "node1",
-		LocalIPs:     addrs("192.168.1.11"),
-		Services:     services,
+		ClusterCIDRs:  prefixes("10.244.0.0/16"),
+		LocalPodCIDRs: l.localPods,
+		NodeIPs:       addrs("192.168.1.11"),
+		NodeName:      "node1",
+		LocalIPs:      addrs("192.168.1.11"),
+		Services:      services,
 	})
 	if err != nil {
 		t.Fatalf("Sync: %v", err)

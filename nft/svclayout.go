@@ -16,8 +16,10 @@ import (
 //
 //	chain services (from the nat prerouting and output hooks):
 //	  drop LoadBalancer traffic from outside loadBalancerSourceRanges;
-//	  mark for masquerade traffic from outside the cluster CIDRs to a VIP port
-//	  (except externalTrafficPolicy Local VIPs and NodePorts);
+//	  mark for masquerade traffic from outside the cluster CIDRs to a VIP port,
+//	  and traffic from anywhere but this node's own pods to a NodePort (a pod of
+//	  another node included: the endpoint's reply must come back through this
+//	  node to be un-DNATed), except externalTrafficPolicy Local VIPs and NodePorts;
 //	  VIP . proto . port vmap @service-ips → goto lb-<n> | goto no-endpoints | drop;
 //	  any other port of a ClusterIP → reject;
 //	  local address (not loopback) proto . port vmap @service-nodeports → goto np-<n> | …
@@ -29,6 +31,7 @@ import (
 // backend element, in one batch.
 const (
 	setClusterCIDRs     = "cluster-cidrs"     // the -v4/-v6 interval sets of the masquerade
+	setLocalPodCIDRs    = "local-pod-cidrs"   // this node's podCIDRs: NodePort clients that keep their address
 	setServiceIPs       = "service-ips"       // VIP . proto . port : verdict
 	setServiceNodePorts = "service-nodeports" // proto . port : verdict
 	setClusterIPs       = "cluster-ips"       // ClusterIPs: unknown ports are rejected
@@ -290,10 +293,10 @@ func serviceRules(f fam) []ruleSpec {
 		{
 			role: "cluster-nodeports-pods-" + f.suffix,
 			text: fmt.Sprintf("%s saddr @%s %s daddr != %s fib daddr type local meta l4proto . th dport vmap @%s",
-				ip, f.name(setClusterCIDRs), ip, f.loopbackText, f.name(setNodePortsCluster)),
+				ip, f.name(setLocalPodCIDRs), ip, f.loopbackText, f.name(setNodePortsCluster)),
 			exprs: func(sets map[string]*nftables.Set) []expr.Any {
-				// ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
-				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setClusterCIDRs)], false)},
+				// ip saddr @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setLocalPodCIDRs)], false)},
 					f.notLoopbackLocal(), protoPortKey(), []expr.Any{vmap(sets[f.name(setNodePortsCluster)])})
 			},
 		},
@@ -319,10 +322,10 @@ func serviceRules(f fam) []ruleSpec {
 		{
 			role: "masq-nodeports-" + f.suffix,
 			text: fmt.Sprintf("%s saddr != @%s %s daddr != %s fib daddr type local meta l4proto . th dport @%s meta mark set meta mark | 0x%08x",
-				ip, f.name(setClusterCIDRs), ip, f.loopbackText, f.name(setMasqNodePorts), masqMark),
+				ip, f.name(setLocalPodCIDRs), ip, f.loopbackText, f.name(setMasqNodePorts), masqMark),
 			exprs: func(sets map[string]*nftables.Set) []expr.Any {
-				// ip saddr != @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
-				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setClusterCIDRs)], true)},
+				// ip saddr != @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
+				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setLocalPodCIDRs)], true)},
 					f.notLoopbackLocal(), protoPortKey(), []expr.Any{lookup(sets[f.name(setMasqNodePorts)], false)}, setMasqMark())
 			},
 		},

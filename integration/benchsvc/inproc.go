@@ -119,6 +119,7 @@ func nftState(c *daemon.Cluster, self string) nft.State {
 		s.NodeIPs = append(s.NodeIPs, n.Addresses...)
 		if n.Name == self {
 			s.LocalIPs = slices.Clone(n.Addresses)
+			s.LocalPodCIDRs = slices.Clone(n.PodCIDRs)
 		}
 	}
 	return s
