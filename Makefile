@@ -4,7 +4,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X github.com/podnet/podnet/daemon.Version=$(VERSION)
 
-.PHONY: all build lab test test-unit bench-cni bench-services bench-vs-kube-proxy deps clean fmt vet kube-tools kube-node-tools e2e images test-images
+.PHONY: all build lab test test-unit bench-cni bench-services bench-vs-kube-proxy deps clean fmt vet kube-tools kube-node-tools e2e conformance images test-images
 
 all: build
 
@@ -25,10 +25,13 @@ SOURCE ?= file
 lab: deps build
 	$(BIN)/podnet-lab run --source $(SOURCE)
 
-# Every test: unit tests, kernel tests (root, each package in its own sandbox) and the lab as a test.
+# Every test: unit tests, kernel tests (root, each package in its own sandbox), the lab
+# as a test, then the e2e cluster (`make e2e`: it builds the kubelet nodes' binaries and
+# images first, once per machine).
 test: deps build
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration/cluster$$')
+	$(MAKE) e2e
 
 test-unit:
 	$(GO) test -race -count=1 ./ipam/ ./daemon/... ./nft/ ./routing/
@@ -61,17 +64,28 @@ kube-tools:
 
 # What the e2e cluster (integration/cluster, docs/e2e.md) runs besides kube-apiserver:
 # kube-controller-manager, kube-scheduler and kubelet v1.37.2, into the same cache
-# (~1 minute each after kube-apiserver, ~6 minutes from empty Go caches). Not part of
-# .ci/run: the e2e test skips without them.
+# (~1 minute each after kube-apiserver, ~6 minutes from empty Go caches).
 kube-node-tools: deps
 	./hack/build-kube.sh kube-apiserver kube-controller-manager kube-scheduler kubelet
 
 # The e2e cluster (docs/e2e.md): control plane + 2 kubelet/containerd nodes in a sandbox,
 # podnet as their only network component (its DaemonSet from deploy/kubernetes/), CoreDNS,
 # and the smoke test (pods across nodes, a Service by DNS name, exec); teardown, the
-# machine checked unchanged. As root. ~25 s with everything built.
+# machine checked unchanged. As root (else it skips). ~45 s with everything built; `make
+# test` runs it last.
 e2e: kube-node-tools images
-	$(GO) test -count=1 -v -timeout 10m ./integration/cluster/
+	$(GO) test -race -count=1 -v -timeout 10m ./integration/cluster/
+
+# Kubernetes' own sig-network conformance specs (docs/conformance.md) against the e2e
+# cluster: builds e2e.test, ginkgo and kubectl v1.37.2 (hack/build-e2e.sh, ~7 minutes
+# the first time), then runs all 47 `[sig-network] ... [Conformance]` specs, 2 at a time;
+# the run fails unless every one passes. CONFORMANCE_SKIP_DNS=1 runs the 39 non-DNS ones.
+# As root.
+conformance: kube-node-tools images
+	@set -e; bins="$$(./hack/build-e2e.sh)"; set -- $$bins; \
+	PODNET_E2E_CONFORMANCE=1 PODNET_E2E_TEST="$$1" PODNET_E2E_GINKGO="$$2" PODNET_E2E_KUBECTL="$$3" \
+	PODNET_E2E_SKIP_DNS="$(CONFORMANCE_SKIP_DNS)" \
+	$(GO) test -count=1 -v -timeout 70m -run TestConformance ./integration/cluster/
 
 # The container images of the e2e cluster (docs/e2e-images.md): agnhost, busybox, pause,
 # glibc-dns-testing and an nginx stand-in under the names the v1.37.2 e2e framework
