@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +118,7 @@ func Main(m *testing.M) {
 // logging the end of every log if t failed and keeping its files (also with
 // PODNET_E2E_KEEP=1) in /tmp/podnet-e2e-kept-*. It skips t when not root or when
 // the binaries or images are missing, and fails it outside a sandbox (see Main).
+// With opts.Nodes 0, PODNET_E2E_NODES sets the number of nodes (default 2).
 func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -139,6 +141,12 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 			t.Skipf("cluster test: %v", err)
 		}
 		opts.ImageSet = set
+	}
+	if n := os.Getenv("PODNET_E2E_NODES"); n != "" && opts.Nodes == 0 {
+		var err error
+		if opts.Nodes, err = strconv.Atoi(n); err != nil || opts.Nodes < 1 {
+			t.Fatalf("PODNET_E2E_NODES=%q: want a number of nodes, 1 or more", n)
+		}
 	}
 	dir := t.TempDir()
 	c, err := Up(ctx, dir, opts)
