@@ -14,9 +14,10 @@ type Fake struct {
 	// but deletes nothing.
 	DeleteErr error
 
-	mu      sync.Mutex
-	entries []Entry
-	calls   [][]Filter
+	mu        sync.Mutex
+	entries   []Entry
+	calls     [][]Filter
+	funcCalls int
 }
 
 // Add puts entries into the fake table.
@@ -49,6 +50,28 @@ func (f *Fake) Delete(filters []Filter) (int, error) {
 	n := len(f.entries)
 	f.entries = slices.DeleteFunc(f.entries, func(e Entry) bool { return matchAny(filters, e) })
 	return n - len(f.entries), nil
+}
+
+// DeleteFunc counts the call, then, like Table.DeleteFunc, removes the
+// entries match selects and returns their count; DeleteErr fails it as it
+// fails Delete.
+func (f *Fake) DeleteFunc(match func(Entry) bool) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.funcCalls++
+	if f.DeleteErr != nil {
+		return 0, f.DeleteErr
+	}
+	n := len(f.entries)
+	f.entries = slices.DeleteFunc(f.entries, match)
+	return n - len(f.entries), nil
+}
+
+// FuncCalls returns the number of DeleteFunc calls, including failed ones.
+func (f *Fake) FuncCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.funcCalls
 }
 
 // Calls returns a copy of the filters of every Delete call, in call order,

@@ -48,3 +48,19 @@ func TestFake(t *testing.T) {
 		}
 	}
 }
+
+func TestFakeDeleteFunc(t *testing.T) {
+	var f Fake
+	f.Add(udp4, udp6, nodePort4)
+	n, err := f.DeleteFunc(func(e Entry) bool { return e.OrigDst.Port() == 30053 })
+	if n != 1 || err != nil {
+		t.Fatalf("DeleteFunc = %d, %v; want 1, nil", n, err)
+	}
+	f.DeleteErr = errors.New("boom")
+	if n, err := f.DeleteFunc(func(Entry) bool { return true }); n != 0 || err != f.DeleteErr {
+		t.Fatalf("DeleteFunc with DeleteErr = %d, %v; want 0, %v", n, err, f.DeleteErr)
+	}
+	if got := f.Entries(); len(got) != 2 || got[0] != udp4 || got[1] != udp6 || f.FuncCalls() != 2 {
+		t.Errorf("entries %v after %d calls, want udp4 and udp6 after 2", got, f.FuncCalls())
+	}
+}

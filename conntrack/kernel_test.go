@@ -2,7 +2,9 @@ package conntrack
 
 import (
 	"errors"
+	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -148,5 +150,40 @@ func TestNewNotANetNS(t *testing.T) {
 	// fd 2 is open, but not a network namespace.
 	if _, err := New(WithNetNSFd(2)); err == nil {
 		t.Error("New(WithNetNSFd(2)) succeeded, want an error")
+	}
+}
+
+// DeleteFunc deletes exactly the entries its function selects, in both
+// families, from one dump of the real table.
+func TestTableDeleteFunc(t *testing.T) {
+	sandbox.Require(t)
+	node := newLab(t)
+	all := labEntries()
+	tbl, err := New(WithNetNSFd(node.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen int
+	// The entries DNATed to the second endpoint of either family.
+	n, err := tbl.DeleteFunc(func(e Entry) bool {
+		seen++
+		return e.ReplySrc.Addr() == lab4.ep2 || e.ReplySrc.Addr() == lab6.ep2
+	})
+	if err != nil {
+		t.Fatalf("DeleteFunc: %v", err)
+	}
+	var deleted []string
+	for _, e := range all {
+		if strings.Contains(e, "reply-src "+netip.AddrPortFrom(lab4.ep2, 5353).String()) ||
+			strings.Contains(e, "reply-src "+netip.AddrPortFrom(lab6.ep2, 5353).String()) {
+			deleted = append(deleted, e)
+		}
+	}
+	if len(deleted) == 0 || n != len(deleted) || seen < len(all) {
+		t.Errorf("DeleteFunc deleted %d after looking at %d entries; want %d of the lab's %d", n, seen, len(deleted), len(all))
+	}
+	left := slices.DeleteFunc(slices.Clone(all), func(e string) bool { return slices.Contains(deleted, e) })
+	if diff := cmp.Diff(left, listEntries(t, node)); diff != "" {
+		t.Errorf("entries left after DeleteFunc (-want +got):\n%s", diff)
 	}
 }

@@ -19,6 +19,11 @@ type Interface interface {
 	// before it could be deleted is not an error and is not counted. On other
 	// failures it returns the entries it did delete with the error.
 	Delete(filters []Filter) (deleted int, err error)
+	// DeleteFunc deletes every entry, IPv4 or IPv6, for which match returns
+	// true, and returns how many it deleted, with the same error rules as
+	// Delete. It is for a reconciliation that must look at every entry (the
+	// daemon's first sync after a start); match must not block.
+	DeleteFunc(match func(Entry) bool) (deleted int, err error)
 }
 
 var (
@@ -105,6 +110,18 @@ func (t *Table) Delete(filters []Filter) (int, error) {
 	return deleteMatching(c, filters)
 }
 
+// DeleteFunc dumps the whole table (both families) once and deletes, one
+// request each, the entries match selects; see Interface.DeleteFunc. Like
+// Delete, its cost grows with the table's size.
+func (t *Table) DeleteFunc(match func(Entry) bool) (int, error) {
+	c, err := t.dial()
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	return deleteWhere(c, match)
+}
+
 // flowConn is the part of *ct.Conn that deleteMatching uses.
 type flowConn interface {
 	Dump(*ct.DumpOptions) ([]ct.Flow, error)
@@ -114,16 +131,21 @@ type flowConn interface {
 // deleteMatching deletes the dumped flows that match any filter. It keeps going
 // after a failed delete and reports the first failure with their count.
 func deleteMatching(c flowConn, filters []Filter) (int, error) {
+	return deleteWhere(c, indexByPort(filters).matches)
+}
+
+// deleteWhere deletes the dumped flows whose entry match selects, as
+// deleteMatching does.
+func deleteWhere(c flowConn, match func(Entry) bool) (int, error) {
 	flows, err := c.Dump(nil)
 	if err != nil {
 		return 0, fmt.Errorf("conntrack: dump: %w", err)
 	}
-	idx := indexByPort(filters)
 	var deleted, failed int
 	var firstErr error
 	for _, fl := range flows {
 		e := entryOf(fl)
-		if !idx.matches(e) {
+		if !match(e) {
 			continue
 		}
 		switch err := c.Delete(deleteKey(fl)); {

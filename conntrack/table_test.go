@@ -116,3 +116,21 @@ func TestNewInvalidFd(t *testing.T) {
 		t.Error("New(WithNetNSFd(-1)) succeeded, want an error")
 	}
 }
+
+func TestDeleteWhere(t *testing.T) {
+	c := &stubConn{
+		flows:     []ct.Flow{flowOf(udp4, 1), flowOf(udp6, 2), flowOf(nodePort4, 3)},
+		deleteErr: map[Entry]error{udp6: unix.ENOENT},
+	}
+	var looked []Entry
+	n, err := deleteWhere(c, func(e Entry) bool { looked = append(looked, e); return e != nodePort4 })
+	if err != nil || n != 1 {
+		t.Fatalf("deleteWhere = %d, %v; want 1 (udp6 vanished), nil", n, err)
+	}
+	if !reflect.DeepEqual(looked, []Entry{udp4, udp6, nodePort4}) {
+		t.Errorf("match saw %v, want every dumped entry once", looked)
+	}
+	if len(c.sent) != 1 || entryOf(c.sent[0]) != udp4 {
+		t.Errorf("delete requests %+v, want udp4's only", c.sent)
+	}
+}

@@ -32,6 +32,14 @@ import (
 //     address without a listener, and that un-NATed entry would keep them off
 //     the new endpoints.
 //
+// The first sync that programs the table after podnetd starts has nothing to
+// compare with: services and endpoints may have changed while podnetd was
+// down (or before its restart), and their UDP flows would keep their stale
+// DNAT forever. That sync reconciles the whole table instead (staleAtStart):
+// it deletes every entry of a frontend that is DNATed to an address no longer
+// serving it, and every un-NATed entry of a frontend that now has serving
+// endpoints. A failed reconciliation is retried, whole, at the next sync.
+//
 // Like kube-proxy (kubernetes pkg/proxy/conntrack), the comparison ignores
 // traffic policies and which endpoints the table prefers (ready ones over
 // terminating ones): a flow keeps its endpoint for as long as that endpoint
@@ -173,21 +181,52 @@ type conntrackCleaner struct {
 // programmed from c and the hostPorts of generation hpGen of the pod records,
 // and returns the filters to delete with: those of the change since the last
 // call, and those of a failed delete that still select stale entries. The
-// first call returns none: what the table held before podnetd started is
-// unknown. A Cluster is never changed once stored, and the table programs the
-// same services from the same cluster, so a resync of the same cluster and
+// first call (and the one after a failed reconciliation) returns no filters
+// but reconcile, which selects the stale entries of the whole table (see
+// staleAtStart; local are the node's own addresses, where NodePorts are). A
+// Cluster is never changed once stored, and the table programs the same
+// services from the same cluster, so a resync of the same cluster and
 // hostPorts only retries.
-func (cl *conntrackCleaner) next(c *Cluster, programmed []*nft.Service, hostPorts []nft.HostPort, hpGen uint64) []conntrack.Filter {
+func (cl *conntrackCleaner) next(c *Cluster, programmed []*nft.Service, hostPorts []nft.HostPort, hpGen uint64, local []netip.Addr) (filters []conntrack.Filter, reconcile func(conntrack.Entry) bool) {
 	if cl.last != nil && c == cl.source && hpGen == cl.hpGen {
-		return cl.retries(cl.last)
+		return cl.retries(cl.last), nil
 	}
 	prev, cur := cl.last, frontendsOf(programmed)
 	cur.addHostPorts(hostPorts)
 	cl.source, cl.hpGen, cl.last = c, hpGen, cur
 	if prev == nil {
-		return nil
+		return nil, cur.staleAtStart(local)
 	}
-	return sortFilters(append(cl.retries(cur), staleFilters(prev, cur)...))
+	return sortFilters(append(cl.retries(cur), staleFilters(prev, cur)...)), nil
+}
+
+// staleAtStart returns a function that reports whether a conntrack entry found
+// in the table, whatever made it, can only be stale now that fs are the
+// frontends: one to a frontend (a VIP and port exactly, or a NodePort or
+// any-address hostPort on one of the local addresses) that is DNATed to an
+// address not serving it, or not DNATed although the frontend has serving
+// endpoints. Entries of other protocols or destinations are never selected.
+func (fs frontends) staleAtStart(local []netip.Addr) func(conntrack.Entry) bool {
+	return func(e conntrack.Entry) bool {
+		dst, port := e.OrigDst.Addr(), e.OrigDst.Port()
+		serving, ok := fs[frontend{proto: e.Proto, vip: dst, port: port}]
+		if !ok && slices.Contains(local, dst) {
+			serving, ok = fs[frontend{proto: e.Proto, port: port}]
+		}
+		if !ok {
+			return false
+		}
+		reply := e.ReplySrc.Addr()
+		if reply == dst { // never DNATed
+			return len(serving) > 0
+		}
+		for ep := range serving {
+			if ep.addr == reply {
+				return false
+			}
+		}
+		return true
+	}
 }
 
 // retries are the filters of a failed delete that still select stale entries
@@ -227,12 +266,25 @@ func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service, hostPorts
 	if cl == nil {
 		return nil
 	}
-	filters := cl.next(c, programmed, hostPorts, hpGen)
-	if len(filters) == 0 {
+	var local []netip.Addr
+	if n, ok := c.Node(d.cfg.NodeName); ok {
+		local = n.Addresses
+	}
+	filters, reconcile := cl.next(c, programmed, hostPorts, hpGen, local)
+	if len(filters) == 0 && reconcile == nil {
 		return nil
 	}
 	start := time.Now()
-	n, err := cl.ct.Delete(filters)
+	var n int
+	var err error
+	if reconcile != nil {
+		n, err = cl.ct.DeleteFunc(reconcile)
+		if err != nil {
+			cl.last = nil // reconcile again at the next sync
+		}
+	} else {
+		n, err = cl.ct.Delete(filters)
+	}
 	cl.pending = nil
 	d.metrics.ctDeleted.Add(float64(n))
 	d.mu.Lock()
@@ -244,6 +296,9 @@ func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service, hostPorts
 	}
 	d.mu.Unlock()
 	fields := []zap.Field{zap.Int("deleted", n), zap.Int("filters", len(filters)), zap.Duration("took", time.Since(start))}
+	if reconcile != nil {
+		fields[1] = zap.Bool("reconcile", true) // the first sync: the whole table
+	}
 	switch {
 	case errors.Is(err, conntrack.ErrInvalidFilter): // a bug here: retrying cannot help
 		d.log.Error("stale conntrack entries not deleted: invalid filter", append(fields, zap.Error(err))...)

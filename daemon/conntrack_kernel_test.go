@@ -331,6 +331,66 @@ func TestKernelConntrackFirstEndpoint(t *testing.T) {
 	}
 }
 
+// podnetd restarts after the services changed while it was down: pod-a, the
+// endpoint its UDP clients were DNATed to, is gone, and a second service got
+// its first endpoint after clients had sent to it. The new daemon has no
+// earlier sync to compare with; its first sync reconciles the whole table, so
+// the clients move to the current endpoints. Without the cleanup (the
+// control) they stay stuck.
+func TestKernelConntrackRestart(t *testing.T) {
+	sandbox.Require(t)
+	for _, tt := range []struct {
+		name    string
+		cleanup bool
+		moved   string // who answers the first service's clients after the restart
+		early   string // who answers the early client of the second one
+	}{{"cleanup", true, "pod-b", "pod-a"}, {"control without cleanup", false, "pod-a", "none"}} {
+		t.Run(tt.name, func(t *testing.T) {
+			prefix := "ct-restart"
+			if !tt.cleanup {
+				prefix = "ct-restart-off"
+			}
+			l := newKTLab(t, prefix, tt.cleanup)
+			l.sync(t, ktCluster(t, []string{ktPodA}))
+			vip, np := l.dial(t, 40001, ktVIP), l.dial(t, 40002, ktNodePort)
+			wantAnswers(t, "before the restart", vip, "pod-a", "pod-a")
+			wantAnswers(t, "before the restart", np, "pod-a", "pod-a")
+			early := l.dial(t, 40003, "10.96.0.11:53") // no such service yet: routed out
+			wantAnswers(t, "no service yet", early, "none")
+
+			// podnetd is down; meanwhile dns loses pod-a and a service on
+			// 10.96.0.11 appears, served by pod-a. A new daemon starts.
+			c, err := ParseCluster([]byte(`nodes:
+- name: node-a
+  addresses: [192.168.1.10]
+  podCIDRs: [10.244.0.0/16]
+services:
+- name: dns
+  type: NodePort
+  clusterIPs: [10.96.0.10]
+  ports: [{protocol: UDP, port: 53, targetPort: 5353, nodePort: 30053}]
+  endpoints: [` + ktPodB + `]
+- name: other
+  clusterIPs: [10.96.0.11]
+  ports: [{protocol: UDP, port: 53, targetPort: 5353}]
+  endpoints: [` + ktPodA + `]
+`))
+			if err != nil || len(c.RejectedServices) > 0 {
+				t.Fatalf("cluster: %v %v", err, c.RejectedServices)
+			}
+			l.d = ktDaemon(t, l.node, tt.cleanup)
+			l.sync(t, c)
+			wantAnswers(t, "after the restart", vip, tt.moved, tt.moved)
+			wantAnswers(t, "after the restart", np, tt.moved, tt.moved)
+			wantAnswers(t, "after the restart, early client", early, tt.early, tt.early)
+			if s := l.d.Status(); tt.cleanup && (s.ConntrackDeleted != 3 || s.ConntrackFailures != 0) {
+				t.Errorf("status: %d conntrack entries deleted, %d failures (%s); want 3, 0",
+					s.ConntrackDeleted, s.ConntrackFailures, s.ConntrackLastError)
+			}
+		})
+	}
+}
+
 // ktServe answers every datagram to UDP port 5353 in ns with name, until the
 // test ends.
 func ktServe(t *testing.T, ns *sandbox.NetNS, name string) {

@@ -390,3 +390,59 @@ func TestNewConntrackDeps(t *testing.T) {
 		})
 	}
 }
+
+// The first sync that programs the table reconciles the whole conntrack table:
+// what changed while podnetd was down left UDP entries that only a full look
+// can find. A failed reconciliation is retried at the next sync; once done,
+// syncs go back to filters.
+func TestConntrackReconcileAtStart(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	udp, tcp := uint8(unix.IPPROTO_UDP), uint8(unix.IPPROTO_TCP)
+	entry := func(proto uint8, dst, reply string) conntrack.Entry {
+		return conntrack.Entry{Proto: proto, OrigSrc: ap("10.244.0.9:40000"), OrigDst: ap(dst), ReplySrc: ap(reply)}
+	}
+	stale := []conntrack.Entry{
+		entry(udp, "10.96.0.10:53", "10.244.9.9:5353"),            // DNATed to an endpoint that is gone
+		entry(udp, "[fd00:96::10]:53", "[fd00:10:244:9::9]:5353"), // the same in IPv6
+		entry(udp, "203.0.113.10:53", "203.0.113.10:53"),          // un-NATed, the external IP now has endpoints
+		entry(udp, "192.168.1.10:30053", "10.244.9.9:5353"),       // node-a's NodePort, endpoint gone
+		entry(udp, "192.168.1.10:30053", "192.168.1.10:30053"),    // node-a's NodePort, un-NATed
+	}
+	kept := []conntrack.Entry{
+		entry(udp, "10.96.0.10:53", "10.244.1.5:5353"),         // a serving endpoint
+		entry(udp, "198.51.100.10:53", "10.244.0.5:5353"),      // a serving endpoint of the LB IP
+		entry(tcp, "10.96.0.10:53", "10.244.9.9:5353"),         // TCP: its client sees the failure
+		entry(udp, "192.168.1.11:30053", "192.168.1.11:30053"), // another node's address: not this node's NodePort
+		entry(udp, "10.96.0.99:53", "10.244.9.9:5353"),         // no such frontend
+		entry(udp, "10.0.0.53:53", "10.0.0.53:53"),             // a server outside the cluster
+	}
+	td := newCTTestDaemon(t)
+	td.ct.Add(slices.Concat(stale, kept)...)
+	td.ct.DeleteErr = errors.New("ctnetlink: boom")
+	c := ctCluster(t, dnsService("Cluster", epA, epB))
+	td.sync(t, c)
+	if got := td.ct.FuncCalls(); got != 1 || len(td.ct.Entries()) != len(stale)+len(kept) {
+		t.Fatalf("after a failed reconciliation: %d DeleteFunc calls, %d entries; want 1 and all %d", got, len(td.ct.Entries()), len(stale)+len(kept))
+	}
+	td.ct.DeleteErr = nil
+	td.sync(t, c) // the same cluster: the reconciliation is retried
+	str := func(es []conntrack.Entry) []string {
+		var out []string
+		for _, e := range es {
+			out = append(out, e.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if diff := cmp.Diff(str(kept), str(td.ct.Entries())); diff != "" {
+		t.Errorf("entries left by the reconciliation (-want +got):\n%s", diff)
+	}
+	if s := td.Status(); s.ConntrackDeleted != uint64(len(stale)) || s.ConntrackFailures != 1 {
+		t.Errorf("status: %d deleted, %d failures; want %d, 1", s.ConntrackDeleted, s.ConntrackFailures, len(stale))
+	}
+	td.sync(t, c)
+	td.sync(t, ctCluster(t, dnsService("Cluster", epB)))
+	if got, calls := td.ct.FuncCalls(), len(td.calls()); got != 2 || calls != 1 {
+		t.Errorf("after the reconciliation: %d DeleteFunc and %d Delete calls, want 2 and 1 (filters for A's removal)", got, calls)
+	}
+}
