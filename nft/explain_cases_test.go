@@ -14,7 +14,7 @@ import (
 var explainState = State{
 	ClusterCIDRs: prefixes("10.244.0.0/16", "240.0.0.0/4", "fd00:10:244::/48"),
 	// node1's podCIDRs: the client 10.244.1.2, pod-a and pod-b.
-	LocalPodCIDRs: prefixes("10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "fd00:10:244:1::/64", "fd00:10:244:2::/64"),
+	LocalPodCIDRs: prefixes("10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24", "fd00:10:244:1::/64", "fd00:10:244:2::/64", "fd00:10:244:3::/64"),
 	NodeIPs:       addrs("192.168.1.11", "192.168.1.12", "2001:db8::11"),
 	NodeName:      "node1",
 	LocalIPs:      addrs("192.168.1.11", "2001:db8::11"),
@@ -53,6 +53,12 @@ var explainState = State{
 			Ports:                 []ServicePort{{Name: "http", Protocol: TCP, Port: 80, NodePort: 30082}},
 			ExternalTrafficPolicy: PolicyLocal,
 			Endpoints:             []Endpoint{explainEndpoint("10.244.4.2", "node2")},
+		},
+		{
+			Namespace: "default", Name: "ext6",
+			ClusterIPs: addrs("fd00:96::20"),
+			Ports:      []ServicePort{{Name: "http", Protocol: TCP, Port: 80, NodePort: 30083}},
+			Endpoints:  []Endpoint{explainEndpoint("fd00:10:244:2::2", "node1"), explainEndpoint("fd00:10:244:3::2", "node1")},
 		},
 		{
 			Namespace: "default", Name: "sticky",
@@ -417,6 +423,43 @@ masquerade yes: marked 0x00004000 in services: masqueraded to the node's address
 [postrouting] meta mark & 0x00004000 == 0x00004000 masquerade fully-random
     marked 0x00004000 in services: masqueraded to the node's address
 `},
+	{"IPv6 NodePort from a pod", tcpTo("fd00:10:244:1::2", "2001:db8::11", 30083), `
+verdict dnat
+service tcp . 30083
+chains prerouting services np-v6-2
+backends [fd00:10:244:2::2]:8080 [fd00:10:244:3::2]:8080
+masquerade no: the pod fd00:10:244:1::2 reaches [fd00:10:244:2::2]:8080, [fd00:10:244:3::2]:8080, in the cluster CIDRs (fd00:10:244::/48): no rule matches, the client keeps its address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v6
+    element tcp . 30083 : goto np-v6-2
+    the service port has 2 endpoints: goto np-v6-2
+[np-v6-2] dnat ip6 to meta l4proto . th dport . numgen random mod 2 map @nodeport-backends-v6
+    element tcp . 30083 . 0x00000000 : fd00:10:244:2::2 . 8080, tcp . 30083 . 0x00000001 : fd00:10:244:3::2 . 8080
+    DNAT to one of the 2 endpoints, picked at random: [fd00:10:244:2::2]:8080, [fd00:10:244:3::2]:8080
+[postrouting] (no rule)
+    the pod fd00:10:244:1::2 reaches [fd00:10:244:2::2]:8080, [fd00:10:244:3::2]:8080, in the cluster CIDRs (fd00:10:244::/48): no rule matches, the client keeps its address
+`},
+	{"IPv6 NodePort from another node's pod", tcpTo("fd00:10:244:4::2", "2001:db8::11", 30083), `
+verdict dnat
+service tcp . 30083
+chains prerouting services np-v6-2
+backends [fd00:10:244:2::2]:8080 [fd00:10:244:3::2]:8080
+masquerade yes: marked 0x00004000 in services: masqueraded to the node's address
+[prerouting] jump services
+    a new connection arriving at the node goes to the services chain
+[services] ip6 saddr != @local-pod-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @masq-nodeports-v6 meta mark set meta mark | 0x00004000
+    element tcp . 30083
+    the client fd00:10:244:4::2 is a pod of another node (cluster CIDR fd00:10:244::/48), whose endpoint's reply must come back through this node: marked 0x00004000 for masquerade
+[services] ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v6
+    element tcp . 30083 : goto np-v6-2
+    the service port has 2 endpoints: goto np-v6-2
+[np-v6-2] dnat ip6 to meta l4proto . th dport . numgen random mod 2 map @nodeport-backends-v6
+    element tcp . 30083 . 0x00000000 : fd00:10:244:2::2 . 8080, tcp . 30083 . 0x00000001 : fd00:10:244:3::2 . 8080
+    DNAT to one of the 2 endpoints, picked at random: [fd00:10:244:2::2]:8080, [fd00:10:244:3::2]:8080
+[postrouting] meta mark & 0x00004000 == 0x00004000 masquerade fully-random
+    marked 0x00004000 in services: masqueraded to the node's address
+`},
 	{"NodePort from the node itself", fromNode(tcpTo("192.168.1.11", "192.168.1.11", 30080)), `
 verdict dnat
 service tcp . 30080
@@ -558,21 +601,23 @@ masquerade no: the pod 10.244.1.2 reaches 10.244.2.2:8080, 10.244.4.2:8080, in t
 	{"Local policy NodePort from another node's pod", tcpTo("10.244.4.2", "192.168.1.11", 30081), `
 verdict dnat
 service tcp . 30081
-chains prerouting services np-v4-1
-backends 10.244.2.2:8080
-masquerade no: the pod 10.244.4.2 reaches 10.244.2.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
+chains prerouting services npc-v4-2
+backends 10.244.2.2:8080 10.244.4.2:8080
+masquerade yes: marked 0x00004000 in services: masqueraded to the node's address
 [prerouting] jump services
     a new connection arriving at the node goes to the services chain
-[services] ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-v4
-    element tcp . 30081 : goto np-v4-1
-    the service port has 1 endpoint: goto np-v4-1
-[np-v4-1] dnat ip to meta l4proto . th dport . numgen random mod 1 map @nodeport-backends-v4
-    element tcp . 30081 . 0x00000000 : 10.244.2.2 . 8080
-    DNAT to the only endpoint 10.244.2.2:8080
-[postrouting] (no rule)
-    the pod 10.244.4.2 reaches 10.244.2.2:8080, in the cluster CIDRs (10.244.0.0/16): no rule matches, the client keeps its address
-`},
-	{"Local policy NodePort from the node itself", fromNode(tcpTo("192.168.1.11", "192.168.1.11", 30081)), `
+[services] ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v4 meta mark set meta mark | 0x00004000
+    element tcp . 30081 : goto npc-v4-2
+    the client 10.244.4.2 is a pod of another node (cluster CIDR 10.244.0.0/16): marked 0x00004000 for masquerade, so that the endpoint's reply comes back through this node
+[services] ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+    element tcp . 30081 : goto npc-v4-2
+    a pod is not subject to externalTrafficPolicy Local; the service port has 2 endpoints: goto npc-v4-2
+[npc-v4-2] dnat ip to meta l4proto . th dport . numgen random mod 2 map @nodeport-backends-cluster-v4
+    element tcp . 30081 . 0x00000000 : 10.244.2.2 . 8080, tcp . 30081 . 0x00000001 : 10.244.4.2 . 8080
+    DNAT to one of the 2 endpoints, picked at random: 10.244.2.2:8080, 10.244.4.2:8080
+[postrouting] meta mark & 0x00004000 == 0x00004000 masquerade fully-random
+    marked 0x00004000 in services: masqueraded to the node's address
+`}, {"Local policy NodePort from the node itself", fromNode(tcpTo("192.168.1.11", "192.168.1.11", 30081)), `
 verdict dnat
 service tcp . 30081
 chains output services npc-v4-2

@@ -201,6 +201,25 @@ func (w *walker) serviceRule(r ruleSpec) (done bool, err error) {
 		}
 		return w.vmap(r.text, e, fmt.Sprintf("the client %s is a pod of this node (podCIDR %s), which externalTrafficPolicy Local does not apply to", p.Src, cidr.text()))
 
+	case "cluster-nodeports-remote-pods-mark", "cluster-nodeports-remote-pods":
+		cidr, err := w.inCIDRs()
+		if err != nil || cidr == nil {
+			return false, err
+		}
+		if ok, err := w.toNodePort(); err != nil || !ok {
+			return false, err
+		}
+		e, ok, err := w.get(setNodePortsCluster, w.nodePortKey())
+		if err != nil || !ok {
+			return false, err
+		}
+		if strings.HasSuffix(role, "-mark") {
+			w.marked = true
+			w.step(chainServices, r.text, e.text(), fmt.Sprintf("the client %s is a pod of another node (cluster CIDR %s): marked 0x%08x for masquerade, so that the endpoint's reply comes back through this node", p.Src, cidr.text(), masqMark))
+			return false, nil
+		}
+		return w.vmap(r.text, e, "a pod is not subject to externalTrafficPolicy Local")
+
 	case "cluster-vips-node-mark", "cluster-vips-node", "cluster-nodeports-node-mark", "cluster-nodeports-node":
 		if ok, err := w.fromNode(); err != nil || !ok {
 			return false, err

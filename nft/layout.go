@@ -22,7 +22,7 @@ const (
 
 	// layoutVersion tags every rule (see ruleTag). Bump it whenever a set, the
 	// chain or a rule changes.
-	layoutVersion = 7
+	layoutVersion = 8
 
 	setClusterCIDRs4 = "cluster-cidrs-v4"
 	setClusterCIDRs6 = "cluster-cidrs-v6"

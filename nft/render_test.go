@@ -249,6 +249,8 @@ const rules = `
 →→ip daddr . meta l4proto . th dport vmap @service-ips-v4
 →→ip daddr @cluster-ips-v4 reject with icmp port-unreachable
 →→ip saddr @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+→→ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v4 meta mark set meta mark | 0x00004000
+→→ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
 →→fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v4 meta mark set meta mark | 0x00004000
 →→fib saddr type local ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
 →→ip saddr != @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @masq-nodeports-v4 meta mark set meta mark | 0x00004000
@@ -261,6 +263,8 @@ const rules = `
 →→ip6 daddr . meta l4proto . th dport vmap @service-ips-v6
 →→ip6 daddr @cluster-ips-v6 reject with icmpv6 port-unreachable
 →→ip6 saddr @local-pod-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
+→→ip6 saddr @cluster-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v6 meta mark set meta mark | 0x00004000
+→→ip6 saddr @cluster-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
 →→fib saddr type local ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v6 meta mark set meta mark | 0x00004000
 →→fib saddr type local ip6 daddr != ::1 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v6
 →→ip6 saddr != @local-pod-cidrs-v6 ip6 daddr != ::1 fib daddr type local meta l4proto . th dport @masq-nodeports-v6 meta mark set meta mark | 0x00004000
@@ -456,8 +460,9 @@ func TestFormatAddr(t *testing.T) {
 
 func TestNormalizeSkipsInvalid(t *testing.T) {
 	s := State{
-		ClusterCIDRs: append(prefixes("10.244.1.0/24", "10.244.2.7/24"), netip.Prefix{}),
-		NodeIPs:      append(addrs("192.168.1.11", "fe80::1%eth0"), netip.Addr{}),
+		ClusterCIDRs:  append(prefixes("10.244.1.0/24", "10.244.2.7/24"), netip.Prefix{}),
+		NodeIPs:       append(addrs("192.168.1.11", "fe80::1%eth0"), netip.Addr{}),
+		LocalPodCIDRs: append(prefixes("fd00:10:244:1::/64", "10.244.1.9/24"), netip.Prefix{}),
 	}
 	d, err := normalize(s)
 	var skipped *SkippedError
@@ -467,13 +472,15 @@ func TestNormalizeSkipsInvalid(t *testing.T) {
 	want := []string{
 		"ClusterCIDRs[1] 10.244.2.7/24: host bits set (want 10.244.2.0/24)",
 		"ClusterCIDRs[2] invalid Prefix: not a valid prefix",
+		"LocalPodCIDRs[1] 10.244.1.9/24: host bits set (want 10.244.1.0/24)",
+		"LocalPodCIDRs[2] invalid Prefix: not a valid prefix",
 		"NodeIPs[1] fe80::1%eth0: has a zone",
 		"NodeIPs[2] invalid IP: not a valid address",
 	}
 	if diff := cmp.Diff(want, skipped.Problems); diff != "" {
 		t.Errorf("problems (-want +got):\n%s", diff)
 	}
-	valid := State{ClusterCIDRs: prefixes("10.244.1.0/24"), NodeIPs: addrs("192.168.1.11")}
+	valid := State{ClusterCIDRs: prefixes("10.244.1.0/24"), NodeIPs: addrs("192.168.1.11"), LocalPodCIDRs: prefixes("fd00:10:244:1::/64")}
 	if diff := cmp.Diff(Render(valid), d.render()); diff != "" {
 		t.Errorf("the valid values were not all kept (-want +got):\n%s", diff)
 	}

@@ -93,6 +93,15 @@ func TestSvcAffinity(t *testing.T) {
 		t.Errorf("after removing the pinned endpoint: %v, want all on %s", got, other)
 	}
 
+	// A pod of another node through this node's NodePort (the conformance
+	// spec's case): masqueraded, and still pinned, since affinity looks at the
+	// client's own address before the masquerade.
+	l.localPods = prefixes("10.244.2.0/24", "10.244.3.0/24")
+	l.sync(t, stickyService(10*time.Minute, a, b))
+	if got := askAll(t, l.client, "tcp4", "192.168.1.11:30080", 20, masqueraded); len(got) != 1 {
+		t.Errorf("another node's pod to the NodePort: 20 connections went to %v, want one endpoint", got)
+	}
+
 }
 
 // An affinity element lives for the service's timeout.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -267,14 +268,16 @@ func TestSvcExternalTrafficPolicyLocal(t *testing.T) {
 	wantServers(t, "client to ClusterIP, no local endpoint", askAll(t, l.client, "tcp4", vip, n, client(svcClientIP)), "pod-a", "pod-b")
 	inside(", no local endpoint")
 
-	// A pod of another node reaching this node's NodePort is an outside
-	// client there: only the local endpoint, keeping its address (the
-	// endpoint's reply comes back through this node), and dropped without one.
+	// A pod of another node reaching this node's NodePort is a pod too: every
+	// endpoint, but masqueraded, so that the endpoint's reply comes back
+	// through this node; the external IP is translated on the pod's own node,
+	// so there it keeps its address.
 	l.localPods = prefixes("10.244.2.0/24", "10.244.3.0/24")
 	l.sync(t, extService(PolicyLocal, svcEndpoint(svcPodAIP), onNode("node2", svcEndpoint(svcPodBIP))))
-	wantServers(t, "another node's pod to NodePort", askAll(t, l.client, "tcp4", np, n, client(svcClientIP)), "pod-a")
-	l.sync(t, extService(PolicyLocal, onNode("node2", svcEndpoint(svcPodAIP)), onNode("node2", svcEndpoint(svcPodBIP))))
-	wantDropped(t, probe{l.client, np, "another node's pod to NodePort, no local endpoint"})
+	wantServers(t, "another node's pod to NodePort", askAll(t, l.client, "tcp4", np, n, masqueraded), "pod-a", "pod-b")
+	wantServers(t, "another node's pod to external IP", askAll(t, l.client, "tcp4", ext, n, client(svcClientIP)), "pod-a", "pod-b")
+	// And the outside world still gets only the local endpoint.
+	wantServers(t, "ext-a to NodePort, client of another node's pod", askAll(t, l.extA, "tcp4", np, n, client(extAIP)), "pod-a")
 }
 
 func TestSvcInternalTrafficPolicyLocal(t *testing.T) {
@@ -423,7 +426,7 @@ func TestSvcDualStack(t *testing.T) {
 	svc.ClusterIPs = addrs(svcWebVIP, vip6)
 	err := l.tbl.Sync(State{
 		ClusterCIDRs:  prefixes("10.244.0.0/16", "fd00:10:244::/48"),
-		LocalPodCIDRs: l.localPods,
+		LocalPodCIDRs: slices.Concat(l.localPods, prefixes("fd00:10:244:1::/64", "fd00:10:244:2::/64", "fd00:10:244:3::/64")),
 		NodeIPs:       addrs(extNodeIP),
 		NodeName:      "node1",
 		LocalIPs:      addrs(extNodeIP),
@@ -442,7 +445,7 @@ func TestSvcDualStack(t *testing.T) {
 	svc.AffinityTimeout = time.Minute
 	if err := l.tbl.Sync(State{
 		ClusterCIDRs:  prefixes("10.244.0.0/16", "fd00:10:244::/48"),
-		LocalPodCIDRs: l.localPods,
+		LocalPodCIDRs: slices.Concat(l.localPods, prefixes("fd00:10:244:1::/64", "fd00:10:244:2::/64", "fd00:10:244:3::/64")),
 		NodeIPs:       addrs(extNodeIP),
 		NodeName:      "node1",
 		LocalIPs:      addrs(extNodeIP),

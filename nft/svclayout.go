@@ -19,7 +19,9 @@ import (
 //	  mark for masquerade traffic from outside the cluster CIDRs to a VIP port,
 //	  and traffic from anywhere but this node's own pods to a NodePort (a pod of
 //	  another node included: the endpoint's reply must come back through this
-//	  node to be un-DNATed), except externalTrafficPolicy Local VIPs and NodePorts;
+//	  node to be un-DNATed), except externalTrafficPolicy Local VIPs and NodePorts
+//	  (whose clients inside the cluster still reach every endpoint: pods of
+//	  another node and the node itself masqueraded, this node's pods not);
 //	  VIP . proto . port vmap @service-ips → goto lb-<n> | goto no-endpoints | drop;
 //	  any other port of a ClusterIP → reject;
 //	  local address (not loopback) proto . port vmap @service-nodeports → goto np-<n> | …
@@ -297,6 +299,26 @@ func serviceRules(f fam) []ruleSpec {
 			exprs: func(sets map[string]*nftables.Set) []expr.Any {
 				// ip saddr @local-pod-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
 				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setLocalPodCIDRs)], false)},
+					f.notLoopbackLocal(), protoPortKey(), []expr.Any{vmap(sets[f.name(setNodePortsCluster)])})
+			},
+		},
+		{
+			role: "cluster-nodeports-remote-pods-mark-" + f.suffix,
+			text: fmt.Sprintf("%s saddr @%s %s daddr != %s fib daddr type local meta l4proto . th dport @%s meta mark set meta mark | 0x%08x",
+				ip, f.name(setClusterCIDRs), ip, f.loopbackText, f.name(setNodePortsCluster), masqMark),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport @service-nodeports-cluster-v4 meta mark set meta mark | 0x00004000
+				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setClusterCIDRs)], false)},
+					f.notLoopbackLocal(), protoPortKey(), []expr.Any{lookup(sets[f.name(setNodePortsCluster)], false)}, setMasqMark())
+			},
+		},
+		{
+			role: "cluster-nodeports-remote-pods-" + f.suffix,
+			text: fmt.Sprintf("%s saddr @%s %s daddr != %s fib daddr type local meta l4proto . th dport vmap @%s",
+				ip, f.name(setClusterCIDRs), ip, f.loopbackText, f.name(setNodePortsCluster)),
+			exprs: func(sets map[string]*nftables.Set) []expr.Any {
+				// ip saddr @cluster-cidrs-v4 ip daddr != 127.0.0.0/8 fib daddr type local meta l4proto . th dport vmap @service-nodeports-cluster-v4
+				return concat(f.isFamily(), []expr.Any{f.load(f.saddr, reg1), lookup(sets[f.name(setClusterCIDRs)], false)},
 					f.notLoopbackLocal(), protoPortKey(), []expr.Any{vmap(sets[f.name(setNodePortsCluster)])})
 			},
 		},
