@@ -71,7 +71,7 @@ kube-node-tools: deps
 # The e2e cluster (docs/e2e.md): control plane + 2 kubelet/containerd nodes in a sandbox,
 # podnet as their only network component (its DaemonSet from deploy/kubernetes/), CoreDNS,
 # and the smoke test (pods across nodes, a Service by DNS name, exec); teardown, the
-# machine checked unchanged. As root (else it skips). ~45 s with everything built; `make
+# machine checked unchanged. As root (else it skips). ~30 s with everything built; `make
 # test` runs it last.
 e2e: kube-node-tools images
 	$(GO) test -race -count=1 -v -timeout 10m ./integration/cluster/
@@ -82,8 +82,9 @@ e2e: kube-node-tools images
 # the run fails unless every one passes. CONFORMANCE_SKIP_DNS=1 runs the 39 non-DNS ones.
 # As root.
 conformance: kube-node-tools images
-	@set -e; bins="$$(./hack/build-e2e.sh)"; set -- $$bins; \
-	PODNET_E2E_CONFORMANCE=1 PODNET_E2E_TEST="$$1" PODNET_E2E_GINKGO="$$2" PODNET_E2E_KUBECTL="$$3" \
+	@set -e; bins="$$(./hack/build-e2e.sh)"; \
+	PODNET_E2E_CONFORMANCE=1 PODNET_E2E_TEST="$$(echo "$$bins" | sed -n 1p)" \
+	PODNET_E2E_GINKGO="$$(echo "$$bins" | sed -n 2p)" PODNET_E2E_KUBECTL="$$(echo "$$bins" | sed -n 3p)" \
 	PODNET_E2E_SKIP_DNS="$(CONFORMANCE_SKIP_DNS)" \
 	$(GO) test -count=1 -v -timeout 70m -run TestConformance ./integration/cluster/
 

@@ -23,9 +23,10 @@ dst="$out/e2e.test"
 mkdir -p "$out"
 exec 9>"$out/.lock"
 flock 9
-stale=1
-[ "$(cat "$dst.stamp" 2>/dev/null)" = "$stamp" ] && stale=0
-if [ $stale = 0 ] && [ -x "$dst" ] && [ -x "$out/ginkgo" ] && [ -x "$out/kubectl" ]; then
+# Each artifact has its own stamp, so that a failed build of one does not make
+# the next run rebuild the others.
+current() { [ -x "$out/$1" ] && [ "$(cat "$out/$1.stamp" 2>/dev/null)" = "$stamp" ]; }
+if current e2e.test && current ginkgo && current kubectl; then
   printf '%s\n' "$dst" "$out/ginkgo" "$out/kubectl"
   exit 0
 fi
@@ -33,21 +34,20 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cp "$tools/go.mod" "$tools/go.sum" "$work/"
 start=$SECONDS
-if [ $stale = 1 ] || [ ! -x "$dst" ]; then
-  echo "build-e2e: building e2e.test $version into $out (the first build takes ~7 minutes)" >&2
-  (cd "$work" && CGO_ENABLED=0 go test -mod=mod -c -o "$dst.tmp" k8s.io/kubernetes/test/e2e)
-  mv -f "$dst.tmp" "$dst"
-fi
-if [ $stale = 1 ] || [ ! -x "$out/ginkgo" ]; then
-  # ginkgo at the version k8s.io/kubernetes requires (e2e.test speaks its protocol).
-  (cd "$work" && CGO_ENABLED=0 go build -mod=mod -o "$out/ginkgo.tmp" github.com/onsi/ginkgo/v2/ginkgo)
-  mv -f "$out/ginkgo.tmp" "$out/ginkgo"
-fi
-if [ $stale = 1 ] || [ ! -x "$out/kubectl" ]; then
-  echo "build-e2e: building kubectl $version" >&2
-  (cd "$work" && CGO_ENABLED=0 go build -mod=mod -o "$out/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl)
-  mv -f "$out/kubectl.tmp" "$out/kubectl"
-fi
-echo "$stamp" >"$dst.stamp.tmp" && mv -f "$dst.stamp.tmp" "$dst.stamp"
+# build NAME CMD...: runs CMD (which writes $out/NAME.tmp) in the module copy
+# unless NAME is current, then moves the result and its stamp into place.
+build() {
+  local name="$1"
+  shift
+  current "$name" && return 0
+  echo "build-e2e: building $name $version" >&2
+  (cd "$work" && CGO_ENABLED=0 "$@")
+  mv -f "$out/$name.tmp" "$out/$name"
+  echo "$stamp" >"$out/$name.stamp.tmp" && mv -f "$out/$name.stamp.tmp" "$out/$name.stamp"
+}
+build e2e.test go test -mod=mod -c -o "$out/e2e.test.tmp" k8s.io/kubernetes/test/e2e # ~7 minutes the first time
+# ginkgo at the version k8s.io/kubernetes requires (e2e.test speaks its protocol).
+build ginkgo go build -mod=mod -o "$out/ginkgo.tmp" github.com/onsi/ginkgo/v2/ginkgo
+build kubectl go build -mod=mod -o "$out/kubectl.tmp" k8s.io/kubernetes/cmd/kubectl
 echo "build-e2e: built in $((SECONDS - start)) s" >&2
 printf '%s\n' "$dst" "$out/ginkgo" "$out/kubectl"

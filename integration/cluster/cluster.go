@@ -76,6 +76,9 @@ type Options struct {
 	Binaries Binaries
 	// StartTimeout bounds Up; default 3 minutes.
 	StartTimeout time.Duration
+	// Required makes ForTest fail, not skip, when the cluster cannot run
+	// (not root, binaries or images missing): for runs that were asked for.
+	Required bool
 }
 
 func (o *Options) setDefaults() error {

@@ -3,7 +3,9 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,8 +18,8 @@ import (
 // the cluster: `make conformance` (docs/conformance.md). It needs
 // PODNET_E2E_CONFORMANCE=1 and the paths of e2e.test, ginkgo and kubectl
 // (hack/build-e2e.sh builds all three) in PODNET_E2E_TEST, PODNET_E2E_GINKGO
-// and PODNET_E2E_KUBECTL; it is skipped otherwise, so that `make e2e` stays
-// quick. It brings a cluster up with every image and runs every
+// and PODNET_E2E_KUBECTL; it is skipped without PODNET_E2E_CONFORMANCE, so
+// that `make e2e` stays quick, and fails, never skips, once asked for. It brings a cluster up with every image and runs every
 // `[sig-network] … [Conformance]` spec but the Serial, Disruptive and
 // LoadBalancer ones (none in v1.37.2), PODNET_E2E_PROCS at a time (default 2);
 // PODNET_E2E_SKIP_DNS=1 leaves out the DNS specs too. The run passes only if
@@ -32,7 +34,7 @@ func TestConformance(t *testing.T) {
 	for _, env := range []string{"PODNET_E2E_TEST", "PODNET_E2E_KUBECTL", "PODNET_E2E_GINKGO"} {
 		bins[env] = os.Getenv(env)
 		if _, err := os.Stat(bins[env]); err != nil {
-			t.Skipf("conformance: %s: %v", env, err)
+			t.Fatalf("conformance: %s: %v (hack/build-e2e.sh builds e2e.test, ginkgo and kubectl)", env, err)
 		}
 	}
 	procs := os.Getenv("PODNET_E2E_PROCS")
@@ -42,6 +44,12 @@ func TestConformance(t *testing.T) {
 	report := os.Getenv("PODNET_E2E_REPORT")
 	if report == "" {
 		report = "/tmp/podnet-conformance"
+	}
+	// A report of an earlier run must not stand in for this one's.
+	for _, f := range []string{"report.json", "junit_01.xml", "e2e.log"} {
+		if err := os.Remove(filepath.Join(report, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatal(err)
+		}
 	}
 	if err := os.MkdirAll(report, 0o755); err != nil {
 		t.Fatal(err)
@@ -53,7 +61,7 @@ func TestConformance(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
-	c := ForTest(t, ctx, Options{})
+	c := ForTest(t, ctx, Options{Required: true})
 	// kubectl as e2e.test calls it: "kubectl" in PATH.
 	binDir := t.TempDir()
 	if err := os.Symlink(bins["PODNET_E2E_KUBECTL"], filepath.Join(binDir, "kubectl")); err != nil {

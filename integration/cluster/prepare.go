@@ -114,39 +114,59 @@ func Main(m *testing.M) {
 	os.Exit(code)
 }
 
+// NodesFromEnv is the number of nodes PODNET_E2E_NODES asks for: 0 (the
+// default, 2) when it is unset.
+func NodesFromEnv() (int, error) {
+	v := os.Getenv("PODNET_E2E_NODES")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("PODNET_E2E_NODES=%q: want a number of nodes, 1 or more", v)
+	}
+	return n, nil
+}
+
 // ForTest brings a cluster up under t.TempDir and takes it down when t ends,
 // logging the end of every log if t failed and keeping its files (also with
 // PODNET_E2E_KEEP=1) in /tmp/podnet-e2e-kept-*. It skips t when not root or when
 // the binaries or images are missing, and fails it outside a sandbox (see Main).
 // With opts.Nodes 0, PODNET_E2E_NODES sets the number of nodes (default 2).
+// With opts.Required, what would skip fails t instead.
 func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	t.Helper()
+	skipf := t.Skipf
+	if opts.Required {
+		skipf = t.Fatalf // a run that was asked for must not pass by skipping
+	}
 	if os.Geteuid() != 0 {
-		t.Skip("cluster test: needs root to run nodes in a network-namespace sandbox (run as root, e.g. make e2e)")
+		skipf("cluster test: needs root to run nodes in a network-namespace sandbox (run as root, e.g. make e2e)")
 	}
 	sandbox.Require(t)
 	if why := os.Getenv(envMissing); why != "" && opts.Binaries == (Binaries{}) {
-		t.Skipf("cluster test: %s\n(make e2e builds what is missing: make kube-node-tools, ~1.5 minutes after kube-apiserver, and make images, ~20 s with warm Go caches)", why)
+		skipf("cluster test: %s\n(make e2e builds what is missing: make kube-node-tools, ~1.5 minutes after kube-apiserver, and make images, ~20 s with warm Go caches)", why)
 	}
 	if opts.Binaries == (Binaries{}) {
 		b, err := PreparedBinaries()
 		if err != nil {
-			t.Skipf("cluster test: %v (cluster.Main in TestMain finds them; make kube-node-tools builds them)", err)
+			skipf("cluster test: %v (cluster.Main in TestMain finds them; make kube-node-tools builds them)", err)
 		}
 		opts.Binaries = b
 	}
 	if opts.ImageSet == nil {
 		set, err := LoadImages(ImageCacheDir())
 		if err != nil {
-			t.Skipf("cluster test: %v", err)
+			skipf("cluster test: %v", err)
 		}
 		opts.ImageSet = set
 	}
-	if n := os.Getenv("PODNET_E2E_NODES"); n != "" && opts.Nodes == 0 {
-		var err error
-		if opts.Nodes, err = strconv.Atoi(n); err != nil || opts.Nodes < 1 {
-			t.Fatalf("PODNET_E2E_NODES=%q: want a number of nodes, 1 or more", n)
+	if opts.Nodes == 0 {
+		n, err := NodesFromEnv()
+		if err != nil {
+			t.Fatal(err)
 		}
+		opts.Nodes = n
 	}
 	dir := t.TempDir()
 	c, err := Up(ctx, dir, opts)
