@@ -217,8 +217,8 @@ func (c *Cluster) procs() []*process {
 // deploys podnet and CoreDNS, and waits until every Node is Ready, podnet runs
 // ready on each and CoreDNS is available. With Options.Network
 // NetworkReference, the reference CNI plugins and kube-proxy take podnet's
-// place (startReference). On failure it tears down what it
-// started. Down must be called once the caller is done.
+// place (startReference). On failure it tears down what it started. Down must
+// be called once the caller is done.
 func Up(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)

@@ -22,9 +22,10 @@ import (
 // that `make e2e` stays quick, and fails, never skips, once asked for. It brings a cluster up with every image and runs every
 // `[sig-network] … [Conformance]` spec but the Serial, Disruptive and
 // LoadBalancer ones (none in v1.37.2), PODNET_E2E_PROCS at a time (default 2);
-// PODNET_E2E_SKIP_DNS=1 leaves out the DNS specs too. PODNET_E2E_NETWORK=reference
-// runs them on the reference network instead of podnet (bridge + host-local +
-// portmap and kube-proxy in nftables mode; docs/conformance-reference.md). The run passes only if
+// PODNET_E2E_SKIP_DNS=1 leaves out the DNS specs too. PODNET_E2E_NETWORK=
+// reference runs them on the reference network instead of podnet (bridge +
+// host-local + portmap and kube-proxy in nftables mode;
+// docs/conformance-reference.md). The run passes only if
 // ginkgo does and its JSON report has exactly the expected number of specs run,
 // every one passed: a focus that matched nothing cannot pass. The report and
 // the log go to PODNET_E2E_REPORT (default /tmp/podnet-conformance).

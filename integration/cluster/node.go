@@ -212,10 +212,10 @@ func (n *Node) startKubelet(c *Cluster) error {
 	return err
 }
 
-// stop ends everything of the node, by PID: kubelet and kube-proxy (if any), the processes in the
-// node's cgroups (its containers), the shims of its containerd, containerd,
-// then removes its cgroups and ends the mount-namespace holder, and deletes the
-// network namespace. It goes on after a failure and returns every error.
+// stop ends everything of the node, by PID: kubelet and kube-proxy (if any),
+// the processes in the node's cgroups (its containers), the shims of its
+// containerd, containerd, then removes its cgroups and ends the mount-namespace
+// holder, and deletes the network namespace. It goes on after a failure and returns every error.
 func (n *Node) stop(ctx context.Context) error {
 	var errs []error
 	errs = append(errs, n.kubelet.stop(10*time.Second), n.kubeProxy.stop(10*time.Second))

@@ -45,8 +45,8 @@ const EnvNetwork = "PODNET_E2E_NETWORK"
 // missing (BuildCNIPlugins, a few seconds). kube-proxy, which only
 // NetworkReference runs, is looked for too (built only when build is true);
 // when it is missing, ForTest skips reference clusters only. It must run
-// before the sandbox is entered (no network there to fetch modules with). Progress goes to
-// progress.
+// before the sandbox is entered (no network there to fetch modules with).
+// Progress goes to progress.
 func Prepare(ctx context.Context, build bool, progress io.Writer) error {
 	if !build {
 		os.Setenv("PODNET_KUBE_NO_BUILD", "1")
