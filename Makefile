@@ -74,18 +74,22 @@ kube-node-tools: deps
 # machine checked unchanged. As root (else it skips). ~30 s with everything built; `make
 # test` runs it last.
 e2e: kube-node-tools images
-	$(GO) test -race -count=1 -v -timeout 10m ./integration/cluster/
+	@if [ "$(E2E_NETWORK)" = reference ]; then ./hack/build-kube.sh kube-proxy >/dev/null; fi
+	PODNET_E2E_NETWORK="$(E2E_NETWORK)" $(GO) test -race -count=1 -v -timeout 10m ./integration/cluster/
 
 # Kubernetes' own sig-network conformance specs (docs/conformance.md) against the e2e
 # cluster: builds e2e.test, ginkgo and kubectl v1.37.2 (hack/build-e2e.sh, ~7 minutes
 # the first time), then runs all 47 `[sig-network] ... [Conformance]` specs, 2 at a time;
 # the run fails unless every one passes. CONFORMANCE_SKIP_DNS=1 runs the 39 non-DNS ones.
-# As root.
+# CONFORMANCE_NETWORK=reference runs them on the stack podnet replaces instead (reference
+# CNI plugins + kube-proxy in nftables mode; docs/conformance-reference.md); E2E_NETWORK=
+# reference does the same for make e2e. As root.
 conformance: kube-node-tools images
 	@set -e; bins="$$(./hack/build-e2e.sh)"; \
+	if [ "$(CONFORMANCE_NETWORK)" = reference ]; then ./hack/build-kube.sh kube-proxy >/dev/null; fi; \
 	PODNET_E2E_CONFORMANCE=1 PODNET_E2E_TEST="$$(echo "$$bins" | sed -n 1p)" \
 	PODNET_E2E_GINKGO="$$(echo "$$bins" | sed -n 2p)" PODNET_E2E_KUBECTL="$$(echo "$$bins" | sed -n 3p)" \
-	PODNET_E2E_SKIP_DNS="$(CONFORMANCE_SKIP_DNS)" \
+	PODNET_E2E_SKIP_DNS="$(CONFORMANCE_SKIP_DNS)" PODNET_E2E_NETWORK="$(CONFORMANCE_NETWORK)" \
 	$(GO) test -count=1 -v -timeout 70m -run TestConformance ./integration/cluster/
 
 # The container images of the e2e cluster (docs/e2e-images.md): agnhost, busybox, pause,

@@ -47,6 +47,8 @@ var strictYAML = json.NewSerializerWithOptions(json.DefaultMetaFactory, scheme.S
 //     requires (adjustPodnet);
 //   - CoreDNS from deploy/e2e/coredns.yaml as it is.
 //
+// With NetworkReference podnet is left out (kube-proxy needs no object: its
+// identity, system:kube-proxy, has the built-in binding system:node-proxier).
 // It runs before the nodes start, so that the DaemonSet's pods are bound to
 // each node as soon as it registers.
 func (c *Cluster) deployAddons(ctx context.Context) error {
@@ -59,7 +61,11 @@ func (c *Cluster) deployAddons(ctx context.Context) error {
 		return err
 	}
 	root := c.opts.RepoDir
-	for _, file := range []string{podnetRBAC, podnetDaemonSet, coreDNSManifest} {
+	files := []string{podnetRBAC, podnetDaemonSet, coreDNSManifest}
+	if c.opts.Network == NetworkReference {
+		files = []string{coreDNSManifest}
+	}
+	for _, file := range files {
 		objs, err := readManifest(filepath.Join(root, file))
 		if err != nil {
 			return err
@@ -179,8 +185,9 @@ func create(ctx context.Context, cs kubernetes.Interface, obj runtime.Object) er
 }
 
 // waitAddons waits until every Node is Ready (its runtime found podnet's
-// conflist), podnet's DaemonSet has a ready pod on every node and CoreDNS's
-// Deployment has all its replicas available.
+// conflist, or the reference one), podnet's DaemonSet has a ready pod on every
+// node (not with NetworkReference) and CoreDNS's Deployment has all its
+// replicas available.
 func (c *Cluster) waitAddons(ctx context.Context) error {
 	cs := c.CP.Client
 	procs := c.procs()
@@ -199,23 +206,12 @@ func (c *Cluster) waitAddons(ctx context.Context) error {
 			return err
 		}
 	}
-	c.mark("nodes Ready (podnet's conflist)")
-	err := poll(ctx, "DaemonSet kube-system/podnet ready on every node", 200*time.Millisecond, func(ctx context.Context) (bool, error) {
-		ds, err := cs.AppsV1().DaemonSets("kube-system").Get(ctx, "podnet", metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		s := ds.Status
-		if s.NumberReady != int32(len(c.Nodes)) || s.DesiredNumberScheduled != int32(len(c.Nodes)) {
-			return false, fmt.Errorf("%d of %d ready (%d desired)", s.NumberReady, len(c.Nodes), s.DesiredNumberScheduled)
-		}
-		return true, nil
-	}, procs...)
-	if err != nil {
+	if c.opts.Network == NetworkReference {
+		c.mark("nodes Ready (the reference conflist)")
+	} else if err := c.waitPodnet(ctx); err != nil {
 		return err
 	}
-	c.mark("podnet ready on every node")
-	err = poll(ctx, "Deployment kube-system/coredns available", 200*time.Millisecond, func(ctx context.Context) (bool, error) {
+	err := poll(ctx, "Deployment kube-system/coredns available", 200*time.Millisecond, func(ctx context.Context) (bool, error) {
 		d, err := cs.AppsV1().Deployments("kube-system").Get(ctx, "coredns", metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -233,6 +229,27 @@ func (c *Cluster) waitAddons(ctx context.Context) error {
 		return err
 	}
 	c.mark("CoreDNS available")
+	return nil
+}
+
+// waitPodnet waits until podnet's DaemonSet has a ready pod on every node.
+func (c *Cluster) waitPodnet(ctx context.Context) error {
+	c.mark("nodes Ready (podnet's conflist)")
+	err := poll(ctx, "DaemonSet kube-system/podnet ready on every node", 200*time.Millisecond, func(ctx context.Context) (bool, error) {
+		ds, err := c.CP.Client.AppsV1().DaemonSets("kube-system").Get(ctx, "podnet", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		s := ds.Status
+		if s.NumberReady != int32(len(c.Nodes)) || s.DesiredNumberScheduled != int32(len(c.Nodes)) {
+			return false, fmt.Errorf("%d of %d ready (%d desired)", s.NumberReady, len(c.Nodes), s.DesiredNumberScheduled)
+		}
+		return true, nil
+	}, c.procs()...)
+	if err != nil {
+		return err
+	}
+	c.mark("podnet ready on every node")
 	return nil
 }
 

@@ -79,6 +79,11 @@ type Options struct {
 	// Required makes ForTest fail, not skip, when the cluster cannot run
 	// (not root, binaries or images missing): for runs that were asked for.
 	Required bool
+	// Network is the cluster's network: NetworkPodnet (default: podnet's
+	// DaemonSet is the CNI plugin and the service proxy) or NetworkReference
+	// (the reference CNI plugins and kube-proxy in nftables mode, the stack
+	// podnet replaces; see reference.go).
+	Network string
 }
 
 func (o *Options) setDefaults() error {
@@ -106,6 +111,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.StartTimeout == 0 {
 		o.StartTimeout = 3 * time.Minute
+	}
+	if o.Network == "" {
+		o.Network = NetworkPodnet
 	}
 	var err error
 	if o.ImageSet == nil {
@@ -135,7 +143,10 @@ func (o *Options) Validate() error {
 	if !o.ServiceCIDR.Contains(o.ClusterDNS) {
 		return fmt.Errorf("cluster DNS %s: not in the service range %s", o.ClusterDNS, o.ServiceCIDR)
 	}
-	if err := o.Binaries.check(); err != nil {
+	if o.Network != NetworkPodnet && o.Network != NetworkReference {
+		return fmt.Errorf("network %q: %s or %s", o.Network, NetworkPodnet, NetworkReference)
+	}
+	if err := o.Binaries.check(o.Network); err != nil {
 		return err
 	}
 	return nil
@@ -161,6 +172,8 @@ type Cluster struct {
 	nodeTokens map[string]kube.Token
 	kcm        *process
 	scheduler  *process
+	// proxyToken is kube-proxy's identity (NetworkReference only).
+	proxyToken kube.Token
 	hostsBound bool
 	start      time.Time
 }
@@ -192,6 +205,9 @@ func (c *Cluster) procs() []*process {
 	ps := []*process{c.kcm, c.scheduler}
 	for _, n := range c.Nodes {
 		ps = append(ps, n.containerd, n.kubelet)
+		if n.kubeProxy != nil {
+			ps = append(ps, n.kubeProxy)
+		}
 	}
 	return ps
 }
@@ -199,8 +215,10 @@ func (c *Cluster) procs() []*process {
 // Up brings up the control plane and the nodes under dir (which must exist),
 // inside a sandbox made with sandbox.EnterPID (it refuses to run outside one),
 // deploys podnet and CoreDNS, and waits until every Node is Ready, podnet runs
-// ready on each and CoreDNS is available. On failure it tears down what it
-// started. Down must be called once the caller is done.
+// ready on each and CoreDNS is available. With Options.Network
+// NetworkReference, the reference CNI plugins and kube-proxy take podnet's
+// place (startReference). On failure it tears down what it started. Down must
+// be called once the caller is done.
 func Up(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
 	if err := opts.setDefaults(); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -238,6 +256,10 @@ func Up(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
 		})
 		c.nodeTokens[name] = kube.NodeToken(name)
 		tokens = append(tokens, c.nodeTokens[name])
+	}
+	if opts.Network == NetworkReference {
+		c.proxyToken = kube.NewToken(kubeProxyUser)
+		tokens = append(tokens, c.proxyToken)
 	}
 	if err := c.underlay(); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
@@ -284,6 +306,11 @@ func Up(ctx context.Context, dir string, opts Options) (_ *Cluster, err error) {
 	c.mark("nodes registered with podCIDRs")
 	if err := c.routePodCIDRs(ctx); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	if opts.Network == NetworkReference {
+		if err := c.startReference(ctx); err != nil {
+			return nil, fmt.Errorf("cluster: %w\n%s", err, c.DebugState(context.Background()))
+		}
 	}
 	if err := c.waitAddons(ctx); err != nil {
 		return nil, fmt.Errorf("cluster: %w\n%s", err, c.DebugState(context.Background()))

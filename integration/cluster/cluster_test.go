@@ -33,7 +33,10 @@ func TestMain(m *testing.M) { Main(m) }
 
 // TestSmoke is issue 6's smoke test: a cluster whose only network component is
 // podnet (its DaemonSet installs the CNI plugin and conflist, proxies
-// Services) and whose DNS is CoreDNS behind podnet's service proxy. Two agnhost
+// Services) and whose DNS is CoreDNS behind podnet's service proxy. With
+// PODNET_E2E_NETWORK=reference the same checks run on the reference network
+// instead (bridge + host-local + portmap and kube-proxy in nftables mode,
+// NetworkReference), the stack TestConformance measures podnet against. Two agnhost
 // netexec pods on different nodes reach each other by pod IP, each seeing the
 // other's own address; a third pod reaches them through a ClusterIP Service by
 // its DNS name and each answers; pods/exec, pods/log and pods/proxy go through
@@ -48,11 +51,16 @@ func TestSmoke(t *testing.T) {
 	if n, err := NodesFromEnv(); err != nil || n == 1 {
 		t.Fatalf("the smoke test needs at least 2 nodes: PODNET_E2E_NODES gives %d (%v)", n, err)
 	}
-	c := ForTest(t, ctx, Options{Images: []string{AgnhostImage}})
+	c := ForTest(t, ctx, Options{Images: []string{AgnhostImage}, Network: os.Getenv(EnvNetwork)})
 	for _, s := range c.Steps {
 		t.Logf("bring-up: %-45s at %s", s.Name, s.At.Round(time.Millisecond))
 	}
-	t.Logf("cluster up in %s (podnet image %s)", time.Since(start).Round(time.Millisecond), c.images.PodnetImage())
+	if c.opts.Network == NetworkReference {
+		t.Logf("cluster up in %s (reference network: CNI plugins %s, kube-proxy %s)",
+			time.Since(start).Round(time.Millisecond), cniPluginsVersion, c.bins.KubeProxy)
+	} else {
+		t.Logf("cluster up in %s (podnet image %s)", time.Since(start).Round(time.Millisecond), c.images.PodnetImage())
+	}
 	testStart := time.Now()
 	checkNodes(t, ctx, c)
 
@@ -118,12 +126,12 @@ func TestSmoke(t *testing.T) {
 
 	t.Run("service by name", func(t *testing.T) {
 		// Pods are ready before their endpoints reach the EndpointSlice and
-		// podnet: wait until the client's node has programmed both.
+		// podnet (kube-proxy): wait until the client's node has programmed both.
 		var webIPs []string
 		for _, p := range web {
 			webIPs = append(webIPs, p.Status.PodIP)
 		}
-		waitProgrammed(t, ctx, c, c.Nodes[0].Name, "default/web", webIPs...)
+		waitProgrammed(t, ctx, c, c.Nodes[0].Name, "default/web", "tcp/http", webIPs...)
 		dns, err := cs.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "k8s-app=kube-dns"})
 		if err != nil {
 			t.Fatal(err)
@@ -132,7 +140,7 @@ func TestSmoke(t *testing.T) {
 		for _, p := range dns.Items {
 			dnsIPs = append(dnsIPs, p.Status.PodIP)
 		}
-		waitProgrammed(t, ctx, c, c.Nodes[0].Name, "kube-system/kube-dns", dnsIPs...)
+		waitProgrammed(t, ctx, c, c.Nodes[0].Name, "kube-system/kube-dns", "udp/dns", dnsIPs...)
 		name := "web.default.svc.cluster.local"
 		out := execIn(t, ctx, c, "client", "getent", "hosts", name)
 		if f := strings.Fields(out); len(f) == 0 || f[0] != svc.Spec.ClusterIP {
@@ -211,7 +219,8 @@ func TestSmoke(t *testing.T) {
 
 // checkNodes checks what podnet did to make the nodes Ready: distinct
 // podCIDRs, its plugin in each node's /opt/cni/bin and its conflist, at the
-// version containerd 1.6 takes, in /etc/cni/net.d.
+// version containerd 1.6 takes, in /etc/cni/net.d. With the reference network
+// it checks the reference conflist and plugins instead (checkReferenceNode).
 func checkNodes(t *testing.T, ctx context.Context, c *Cluster) {
 	t.Helper()
 	cidrs := map[string]bool{}
@@ -225,6 +234,10 @@ func checkNodes(t *testing.T, ctx context.Context, c *Cluster) {
 				t.Errorf("podCIDR %s given twice", p)
 			}
 			cidrs[p] = true
+		}
+		if c.opts.Network == NetworkReference {
+			checkReferenceNode(t, n, node.Spec.PodCIDRs)
+			continue
 		}
 		b, err := os.ReadFile(filepath.Join(n.CNIConfDir(), "10-podnet.conflist"))
 		if err != nil {
@@ -248,12 +261,56 @@ func checkNodes(t *testing.T, ctx context.Context, c *Cluster) {
 	}
 }
 
+// checkReferenceNode checks the reference network's files on a node: the
+// conflist (bridge with the node's podCIDR, then portmap) at the version
+// containerd 1.6 takes, and the plugins in /opt/cni/bin; no podnet there.
+func checkReferenceNode(t *testing.T, n *Node, podCIDRs []string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(n.CNIConfDir(), ReferenceConflist))
+	if err != nil {
+		t.Fatalf("node %s: %v", n.Name, err)
+	}
+	var conf struct {
+		CNIVersion string `json:"cniVersion"`
+		Plugins    []struct {
+			Type string `json:"type"`
+			IPAM struct {
+				Ranges [][]struct {
+					Subnet string `json:"subnet"`
+				} `json:"ranges"`
+			} `json:"ipam"`
+		} `json:"plugins"`
+	}
+	if err := json.Unmarshal(b, &conf); err != nil {
+		t.Fatalf("node %s: conflist: %v", n.Name, err)
+	}
+	if conf.CNIVersion != PodnetCNIVersion || len(conf.Plugins) != 2 || conf.Plugins[0].Type != "bridge" ||
+		conf.Plugins[1].Type != "portmap" || len(conf.Plugins[0].IPAM.Ranges) != 1 ||
+		len(conf.Plugins[0].IPAM.Ranges[0]) != 1 || !slices.Contains(podCIDRs, conf.Plugins[0].IPAM.Ranges[0][0].Subnet) {
+		t.Errorf("node %s: conflist for podCIDRs %v: %s", n.Name, podCIDRs, b)
+	}
+	for _, p := range append([]string{"loopback"}, referencePlugins...) {
+		if fi, err := os.Stat(filepath.Join(n.CNIBinDir(), p)); err != nil || fi.Mode()&0o111 == 0 {
+			t.Errorf("node %s: plugin %s not installed in /opt/cni/bin: %v", n.Name, p, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(n.CNIBinDir(), "podnet")); err == nil {
+		t.Errorf("node %s: podnet's plugin installed on the reference network", n.Name)
+	}
+}
+
 // waitProgrammed waits until podnetd on node has programmed the service
 // (namespace/name) with exactly the given endpoints, all ready, asking it the
 // way an operator does: `kubectl -n kube-system exec <podnet pod> --
-// podnetctl services -o json`.
-func waitProgrammed(t *testing.T, ctx context.Context, c *Cluster, node, service string, endpoints ...string) {
+// podnetctl services -o json`. On the reference network it waits until
+// kube-proxy's chain for the service's port ("tcp/http") on node sends to
+// exactly those endpoints (waitKubeProxy).
+func waitProgrammed(t *testing.T, ctx context.Context, c *Cluster, node, service, port string, endpoints ...string) {
 	t.Helper()
+	if c.opts.Network == NetworkReference {
+		waitKubeProxy(t, ctx, c, node, service+"/"+port, endpoints...)
+		return
+	}
 	pods, err := c.CP.Client.CoreV1().Pods("kube-system").List(ctx, metav1.ListOptions{
 		LabelSelector: "app.kubernetes.io/name=podnet", FieldSelector: "spec.nodeName=" + node,
 	})
@@ -290,6 +347,42 @@ func waitProgrammed(t *testing.T, ctx context.Context, c *Cluster, node, service
 			return true, nil
 		}
 		return false, errors.New("not programmed")
+	}, c.procs()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitKubeProxy waits until kube-proxy on node has a chain for servicePort
+// ("default/web/tcp/http") that sends to exactly the given endpoint IPs, reading
+// its nftables table in the node's namespace.
+func waitKubeProxy(t *testing.T, ctx context.Context, c *Cluster, node, servicePort string, endpoints ...string) {
+	t.Helper()
+	var n *Node
+	for _, nn := range c.Nodes {
+		if nn.Name == node {
+			n = nn
+		}
+	}
+	if n == nil {
+		t.Fatalf("no node %s", node)
+	}
+	sort.Strings(endpoints)
+	err := poll(ctx, "kube-proxy on "+node+" programs "+servicePort, 250*time.Millisecond, func(ctx context.Context) (bool, error) {
+		eps, err := n.ServiceChainEndpoints(ctx, servicePort)
+		if err != nil {
+			return false, err
+		}
+		var got []string
+		for _, ep := range eps {
+			host, _, _ := net.SplitHostPort(ep)
+			got = append(got, host)
+		}
+		sort.Strings(got)
+		if !slices.Equal(got, endpoints) {
+			return false, fmt.Errorf("endpoints %v, want %v", got, endpoints)
+		}
+		return true, nil
 	}, c.procs()...)
 	if err != nil {
 		t.Fatal(err)

@@ -22,7 +22,10 @@ import (
 // that `make e2e` stays quick, and fails, never skips, once asked for. It brings a cluster up with every image and runs every
 // `[sig-network] … [Conformance]` spec but the Serial, Disruptive and
 // LoadBalancer ones (none in v1.37.2), PODNET_E2E_PROCS at a time (default 2);
-// PODNET_E2E_SKIP_DNS=1 leaves out the DNS specs too. The run passes only if
+// PODNET_E2E_SKIP_DNS=1 leaves out the DNS specs too. PODNET_E2E_NETWORK=
+// reference runs them on the reference network instead of podnet (bridge +
+// host-local + portmap and kube-proxy in nftables mode;
+// docs/conformance-reference.md). The run passes only if
 // ginkgo does and its JSON report has exactly the expected number of specs run,
 // every one passed: a focus that matched nothing cannot pass. The report and
 // the log go to PODNET_E2E_REPORT (default /tmp/podnet-conformance).
@@ -61,7 +64,7 @@ func TestConformance(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Minute)
 	defer cancel()
-	c := ForTest(t, ctx, Options{Required: true})
+	c := ForTest(t, ctx, Options{Required: true, Network: os.Getenv(EnvNetwork)})
 	// kubectl as e2e.test calls it: "kubectl" in PATH.
 	binDir := t.TempDir()
 	if err := os.Symlink(bins["PODNET_E2E_KUBECTL"], filepath.Join(binDir, "kubectl")); err != nil {
@@ -100,8 +103,8 @@ func TestConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("conformance: %d specs run, %d passed, %d failed, in %s (ginkgo --procs=%s)",
-		sum.run, sum.passed, len(sum.failed), sum.runTime.Round(time.Second), procs)
+	t.Logf("conformance: %d specs run, %d passed, %d failed, in %s (ginkgo --procs=%s, network %s)",
+		sum.run, sum.passed, len(sum.failed), sum.runTime.Round(time.Second), procs, c.opts.Network)
 	for _, f := range sum.failed {
 		t.Errorf("failed: %s", f)
 	}

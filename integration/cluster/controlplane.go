@@ -20,17 +20,31 @@ import (
 // what is missing) before the sandbox is entered.
 type Binaries struct {
 	APIServer, ControllerManager, Scheduler, Kubelet string
-	// Loopback is the CNI loopback plugin every node's containerd needs
-	// (BuildLoopback).
-	Loopback string
+	// CNIPlugins is the directory of containernetworking/plugins' commands
+	// (BuildCNIPlugins): loopback, which every node's containerd needs, and
+	// bridge, host-local and portmap for NetworkReference.
+	CNIPlugins string
+	// KubeProxy is kube-proxy, needed by NetworkReference only.
+	KubeProxy string
 }
 
-// check reports the first binary that is not set or does not exist.
-func (b Binaries) check() error {
-	for name, path := range map[string]string{
+// check reports the first binary that network needs and is not set or does not exist.
+func (b Binaries) check(network string) error {
+	need := map[string]string{
 		"kube-apiserver": b.APIServer, "kube-controller-manager": b.ControllerManager,
-		"kube-scheduler": b.Scheduler, "kubelet": b.Kubelet, "CNI loopback plugin": b.Loopback,
-	} {
+		"kube-scheduler": b.Scheduler, "kubelet": b.Kubelet,
+		"CNI loopback plugin": filepath.Join(b.CNIPlugins, "loopback"),
+	}
+	if network == NetworkReference {
+		need["kube-proxy"] = b.KubeProxy
+		for name := range cniPlugins {
+			need["CNI plugin "+name] = filepath.Join(b.CNIPlugins, name)
+		}
+	}
+	if b.CNIPlugins == "" {
+		return errors.New("binaries: CNI plugins not set (cluster.Prepare builds them)")
+	}
+	for name, path := range need {
 		if path == "" {
 			return fmt.Errorf("binaries: %s not set (cluster.Prepare builds them)", name)
 		}

@@ -35,6 +35,7 @@ type Node struct {
 	holder     *process // the node's mount-namespace holder (nodeInitScript)
 	containerd *process
 	kubelet    *process
+	kubeProxy  *process // NetworkReference only
 }
 
 // ContainerdSocket is the node's containerd gRPC socket.
@@ -104,7 +105,11 @@ func (n *Node) prepare(c *Cluster) error {
 			return err
 		}
 	}
-	if err := copyFile(c.bins.Loopback, filepath.Join(n.CNIBinDir(), "loopback"), 0o755); err != nil {
+	plugins := []string{"loopback"}
+	if c.opts.Network == NetworkReference {
+		plugins = append(plugins, referencePlugins...)
+	}
+	if err := n.installCNIPlugins(c.bins.CNIPlugins, plugins...); err != nil {
 		return err
 	}
 	if err := c.cp.WriteKubeconfig(filepath.Join(n.Dir, "kubeconfig"), c.apiServerURL(), c.nodeTokens[n.Name].Token); err != nil {
@@ -207,13 +212,13 @@ func (n *Node) startKubelet(c *Cluster) error {
 	return err
 }
 
-// stop ends everything of the node, by PID: kubelet, the processes in the
-// node's cgroups (its containers), the shims of its containerd, containerd,
-// then removes its cgroups and ends the mount-namespace holder, and deletes the
-// network namespace. It goes on after a failure and returns every error.
+// stop ends everything of the node, by PID: kubelet and kube-proxy (if any),
+// the processes in the node's cgroups (its containers), the shims of its
+// containerd, containerd, then removes its cgroups and ends the mount-namespace
+// holder, and deletes the network namespace. It goes on after a failure and returns every error.
 func (n *Node) stop(ctx context.Context) error {
 	var errs []error
-	errs = append(errs, n.kubelet.stop(10*time.Second))
+	errs = append(errs, n.kubelet.stop(10*time.Second), n.kubeProxy.stop(10*time.Second))
 	errs = append(errs, killNodeProcesses(n.cgroupRoot, n.ContainerdSocket()))
 	errs = append(errs, n.containerd.stop(10*time.Second))
 	if n.holder != nil && !n.holder.exited() {

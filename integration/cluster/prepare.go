@@ -22,18 +22,31 @@ var kubeBinaries = []string{"kube-apiserver", "kube-controller-manager", "kube-s
 // images are not there (ForTest skips with it).
 const envMissing = "PODNET_E2E_MISSING"
 
-// envLoopback passes the CNI loopback plugin's path to the sandboxed re-execution.
-const envLoopback = "PODNET_E2E_LOOPBACK"
+// envCNIPlugins passes the CNI plugins' directory to the sandboxed re-execution.
+const envCNIPlugins = "PODNET_E2E_CNI_PLUGINS"
+
+// envKubeProxy passes kube-proxy's path to the sandboxed re-execution, and
+// envMissingProxy why it is missing (only NetworkReference needs it).
+const (
+	envKubeProxy    = "PODNET_E2E_KUBE_PROXY"
+	envMissingProxy = "PODNET_E2E_MISSING_KUBE_PROXY"
+)
+
+// EnvNetwork selects the network of the clusters TestSmoke and TestConformance
+// bring up: NetworkPodnet (unset: the default) or NetworkReference.
+const EnvNetwork = "PODNET_E2E_NETWORK"
 
 // Prepare finds what the cluster runs — the Kubernetes commands through
 // hack/build-kube.sh, building them only when build is true (the first time ~6
 // minutes from empty Go caches, ~1.5 minutes with kube-apiserver built; `make
 // kube-node-tools` does it ahead) — and exports their paths for a sandboxed
 // re-execution of this process; then it checks the images `make images`
-// builds (LoadImages), which it never builds, and builds the CNI loopback
-// plugin when missing (BuildLoopback, ~1 s). It must run before the sandbox
-// is entered (no network there to fetch modules with). Progress goes to
-// progress.
+// builds (LoadImages), which it never builds, and builds the CNI plugins when
+// missing (BuildCNIPlugins, a few seconds). kube-proxy, which only
+// NetworkReference runs, is looked for too (built only when build is true);
+// when it is missing, ForTest skips reference clusters only. It must run
+// before the sandbox is entered (no network there to fetch modules with).
+// Progress goes to progress.
 func Prepare(ctx context.Context, build bool, progress io.Writer) error {
 	if !build {
 		os.Setenv("PODNET_KUBE_NO_BUILD", "1")
@@ -45,17 +58,22 @@ func Prepare(ctx context.Context, build bool, progress io.Writer) error {
 	if _, err := LoadImages(ImageCacheDir()); err != nil {
 		return err
 	}
-	loopback, err := BuildLoopback(ctx)
+	plugins, err := BuildCNIPlugins(ctx)
 	if err != nil {
 		return err
 	}
-	return os.Setenv(envLoopback, loopback)
+	if proxy, err := kube.Binary(ctx, "kube-proxy", progress); err != nil {
+		os.Setenv(envMissingProxy, strings.TrimSpace(err.Error())+" (make kube-tools builds it)")
+	} else {
+		os.Setenv(envKubeProxy, proxy)
+	}
+	return os.Setenv(envCNIPlugins, plugins)
 }
 
 // PreparedBinaries returns the binaries Prepare exported, or an error naming
 // what is missing.
 func PreparedBinaries() (Binaries, error) {
-	b := Binaries{Loopback: os.Getenv(envLoopback)}
+	b := Binaries{CNIPlugins: os.Getenv(envCNIPlugins), KubeProxy: os.Getenv(envKubeProxy)}
 	for _, p := range []struct {
 		name string
 		dst  *string
@@ -69,7 +87,7 @@ func PreparedBinaries() (Binaries, error) {
 		}
 		*p.dst = path
 	}
-	return b, b.check()
+	return b, b.check(NetworkPodnet)
 }
 
 // Main is the TestMain body for packages whose tests run a cluster: as root, it
@@ -146,6 +164,9 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	sandbox.Require(t)
 	if why := os.Getenv(envMissing); why != "" && opts.Binaries == (Binaries{}) {
 		skipf("cluster test: %s\n(make e2e builds what is missing: make kube-node-tools, ~1.5 minutes after kube-apiserver, and make images, ~20 s with warm Go caches)", why)
+	}
+	if why := os.Getenv(envMissingProxy); why != "" && opts.Network == NetworkReference && opts.Binaries == (Binaries{}) {
+		skipf("cluster test: the reference network needs kube-proxy: %s", why)
 	}
 	if opts.Binaries == (Binaries{}) {
 		b, err := PreparedBinaries()
