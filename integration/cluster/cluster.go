@@ -170,8 +170,8 @@ type Cluster struct {
 	pki        *kubeletPKI
 	cp         *kube.ControlPlane
 	nodeTokens map[string]kube.Token
-	kcm        *process
-	scheduler  *process
+	kcm        *sandbox.Process
+	scheduler  *sandbox.Process
 	// proxyToken is kube-proxy's identity (NetworkReference only).
 	proxyToken kube.Token
 	hostsBound bool
@@ -201,8 +201,8 @@ func (c *Cluster) hostsFile() string { return filepath.Join(c.Dir, "hosts") }
 
 // procs are the cluster's long-running processes, for waits that should stop
 // when one of them dies.
-func (c *Cluster) procs() []*process {
-	ps := []*process{c.kcm, c.scheduler}
+func (c *Cluster) procs() []*sandbox.Process {
+	ps := []*sandbox.Process{c.kcm, c.scheduler}
 	for _, n := range c.Nodes {
 		ps = append(ps, n.containerd, n.kubelet)
 		if n.kubeProxy != nil {
@@ -404,7 +404,7 @@ func (c *Cluster) Down(ctx context.Context) error {
 		errs = append(errs, n.stop(ctx))
 	}
 	c.Nodes = nil
-	errs = append(errs, c.scheduler.stop(5*time.Second), c.kcm.stop(5*time.Second))
+	errs = append(errs, c.scheduler.Stop(5*time.Second), c.kcm.Stop(5*time.Second))
 	c.scheduler, c.kcm = nil, nil
 	if c.cp != nil {
 		errs = append(errs, c.cp.Stop())

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podnet/podnet/integration/kube"
+	"github.com/podnet/podnet/integration/sandbox"
 )
 
 // Binaries are the programs the cluster runs. Prepare fills them in (building
@@ -98,7 +99,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, nodeTokens []kube.Token
 	}
 	c.cp, c.CP = cp, cp
 	pki := filepath.Join(dir, "pki")
-	c.kcm, err = startProcess("kube-controller-manager", 0, c.bins.ControllerManager, []string{
+	c.kcm, err = sandbox.StartProcess("kube-controller-manager", 0, c.bins.ControllerManager, []string{
 		"--kubeconfig=" + cp.AdminKubeconfig,
 		"--leader-elect=false",
 		"--bind-address=127.0.0.1",
@@ -115,7 +116,7 @@ func (c *Cluster) startControlPlane(ctx context.Context, nodeTokens []kube.Token
 	if err != nil {
 		return err
 	}
-	c.scheduler, err = startProcess("kube-scheduler", 0, c.bins.Scheduler, []string{
+	c.scheduler, err = sandbox.StartProcess("kube-scheduler", 0, c.bins.Scheduler, []string{
 		"--kubeconfig=" + cp.AdminKubeconfig,
 		"--leader-elect=false",
 		"--bind-address=127.0.0.1",

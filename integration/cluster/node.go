@@ -32,10 +32,10 @@ type Node struct {
 	NS *sandbox.NetNS
 
 	cgroupRoot string
-	holder     *process // the node's mount-namespace holder (nodeInitScript)
-	containerd *process
-	kubelet    *process
-	kubeProxy  *process // NetworkReference only
+	holder     *sandbox.Process // the node's mount-namespace holder (nodeInitScript)
+	containerd *sandbox.Process
+	kubelet    *sandbox.Process
+	kubeProxy  *sandbox.Process // NetworkReference only
 }
 
 // ContainerdSocket is the node's containerd gRPC socket.
@@ -54,10 +54,10 @@ func (n *Node) CNIBinDir() string { return filepath.Join(n.Dir, "cni", "bin") }
 // Exec runs name with args inside the node's network and mount namespaces and
 // returns its combined output.
 func (n *Node) Exec(ctx context.Context, name string, args ...string) ([]byte, error) {
-	if n.holder == nil || n.holder.exited() {
+	if n.holder == nil || n.holder.Exited() {
 		return nil, fmt.Errorf("node %s: not running", n.Name)
 	}
-	full := append([]string{"--target", strconv.Itoa(n.holder.cmd.Process.Pid), "--net", "--mount", "--", name}, args...)
+	full := append([]string{"--target", strconv.Itoa(n.holder.PID()), "--net", "--mount", "--", name}, args...)
 	cmd := exec.CommandContext(ctx, "nsenter", full...)
 	cmd.Dir = "/"
 	out, err := cmd.CombinedOutput()
@@ -143,20 +143,17 @@ func (n *Node) startHolder(ctx context.Context, hostsFile string) error {
 	if err := n.NS.Start(cmd); err != nil {
 		return fmt.Errorf("node %s: init: %w", n.Name, err)
 	}
-	p := &process{name: n.Name + " init", log: logPath, cmd: cmd, done: make(chan struct{})}
-	n.holder = p
 	ready := make(chan bool, 1)
-	go func() {
+	p := sandbox.Track(n.Name+" init", logPath, cmd, func() {
 		line, _ := bufio.NewReader(stdout).ReadString('\n')
 		ready <- strings.TrimSpace(line) == "ready"
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
+	})
+	n.holder = p
 	select {
 	case ok := <-ready:
 		if !ok {
-			<-p.done
-			return fmt.Errorf("node %s: mount setup: %w", n.Name, p.exitError())
+			<-p.Done()
+			return fmt.Errorf("node %s: mount setup: %w", n.Name, p.ExitError())
 		}
 		return nil
 	case <-ctx.Done():
@@ -167,7 +164,7 @@ func (n *Node) startHolder(ctx context.Context, hostsFile string) error {
 // startContainerd starts the node's containerd and waits for its socket to answer.
 func (n *Node) startContainerd(ctx context.Context, snapshotter string) error {
 	var err error
-	n.containerd, err = startProcess(n.Name+" containerd", n.holder.cmd.Process.Pid, "containerd",
+	n.containerd, err = sandbox.StartProcess(n.Name+" containerd", n.holder.PID(), "containerd",
 		[]string{"--config", filepath.Join(n.Dir, "containerd", "config.toml")}, filepath.Join(n.Dir, "containerd.log"))
 	if err != nil {
 		return err
@@ -197,7 +194,7 @@ func (n *Node) importImages(ctx context.Context, snapshotter string, tarballs []
 // startKubelet starts the node's kubelet.
 func (n *Node) startKubelet(c *Cluster) error {
 	var err error
-	n.kubelet, err = startProcess(n.Name+" kubelet", n.holder.cmd.Process.Pid, c.bins.Kubelet, []string{
+	n.kubelet, err = sandbox.StartProcess(n.Name+" kubelet", n.holder.PID(), c.bins.Kubelet, []string{
 		"--config=" + filepath.Join(n.Dir, "kubelet.yaml"),
 		"--kubeconfig=" + filepath.Join(n.Dir, "kubeconfig"),
 		"--root-dir=" + filepath.Join(n.Dir, "kubelet"),
@@ -218,15 +215,15 @@ func (n *Node) startKubelet(c *Cluster) error {
 // holder, and deletes the network namespace. It goes on after a failure and returns every error.
 func (n *Node) stop(ctx context.Context) error {
 	var errs []error
-	errs = append(errs, n.kubelet.stop(10*time.Second), n.kubeProxy.stop(10*time.Second))
+	errs = append(errs, n.kubelet.Stop(10*time.Second), n.kubeProxy.Stop(10*time.Second))
 	errs = append(errs, killNodeProcesses(n.cgroupRoot, n.ContainerdSocket()))
-	errs = append(errs, n.containerd.stop(10*time.Second))
-	if n.holder != nil && !n.holder.exited() {
+	errs = append(errs, n.containerd.Stop(10*time.Second))
+	if n.holder != nil && !n.holder.Exited() {
 		if _, err := n.Exec(ctx, "/bin/sh", "-c", nodeCleanupScript, "node-cleanup", n.Dir, n.cgroupRoot); err != nil {
 			errs = append(errs, fmt.Errorf("remove cgroups: %w", err))
 		}
 	}
-	errs = append(errs, n.holder.stop(5*time.Second))
+	errs = append(errs, n.holder.Stop(5*time.Second))
 	if n.NS != nil {
 		errs = append(errs, n.NS.Delete(), sandbox.DeleteLink(-1, "u-"+n.Name))
 	}

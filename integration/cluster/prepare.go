@@ -222,7 +222,7 @@ func logsIn(dir string, n int) string {
 	for _, pattern := range []string{"controlplane/*.log", "nodes/*/*.log", "nodes/*/log/pods/*/*/*.log"} {
 		paths, _ := filepath.Glob(filepath.Join(dir, pattern))
 		for _, p := range paths {
-			fmt.Fprintf(&out, "--- %s\n%s\n", p, tail(p, n))
+			fmt.Fprintf(&out, "--- %s\n%s\n", p, sandbox.Tail(p, n))
 		}
 	}
 	return out.String()

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podnet/podnet/integration/sandbox"
 )
 
 // The networks a cluster can have (Options.Network).
@@ -190,7 +192,7 @@ func (n *Node) startKubeProxy(c *Cluster) error {
 		return err
 	}
 	var err error
-	n.kubeProxy, err = startProcess(n.Name+" kube-proxy", n.holder.cmd.Process.Pid, c.bins.KubeProxy, []string{
+	n.kubeProxy, err = sandbox.StartProcess(n.Name+" kube-proxy", n.holder.PID(), c.bins.KubeProxy, []string{
 		"--kubeconfig=" + kubeconfig,
 		"--proxy-mode=nftables",
 		"--hostname-override=" + n.Name,

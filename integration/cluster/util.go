@@ -1,29 +1,17 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"time"
-)
 
-// tail returns the last n lines of the file at path.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
+	"github.com/podnet/podnet/integration/sandbox"
+)
 
 // poll calls check every interval until it returns true or ctx ends, or until
 // one of procs exits; it returns check's last error on timeout.
-func poll(ctx context.Context, what string, interval time.Duration, check func(context.Context) (bool, error), procs ...*process) error {
+func poll(ctx context.Context, what string, interval time.Duration, check func(context.Context) (bool, error), procs ...*sandbox.Process) error {
 	var last error
 	for {
 		ok, err := check(ctx)
@@ -32,8 +20,8 @@ func poll(ctx context.Context, what string, interval time.Duration, check func(c
 		}
 		last = err
 		for _, p := range procs {
-			if p.exited() {
-				return fmt.Errorf("%s: %w", what, p.exitError())
+			if p.Exited() {
+				return fmt.Errorf("%s: %w", what, p.ExitError())
 			}
 		}
 		select {

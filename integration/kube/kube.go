@@ -35,6 +35,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/podnet/podnet/integration/sandbox"
 )
 
 // Options configures Start. The zero value of each field means its default.
@@ -145,8 +147,8 @@ type ControlPlane struct {
 
 	opts      Options
 	apiArgs   []string
-	etcd      *process
-	apiserver *process
+	etcd      *sandbox.Process
+	apiserver *sandbox.Process
 }
 
 // Start runs etcd and kube-apiserver with their files under dir (which must exist),
@@ -217,7 +219,7 @@ func (c *ControlPlane) startEtcd(ctx context.Context) error {
 		"--logger=zap",
 		"--log-outputs=stderr",
 	}, c.opts.EtcdExtraArgs...)
-	c.etcd, err = startProcess("etcd", c.opts.EtcdBinary, args, filepath.Join(c.Dir, "etcd.log"))
+	c.etcd, err = sandbox.StartProcess("etcd", 0, c.opts.EtcdBinary, args, filepath.Join(c.Dir, "etcd.log"))
 	if err != nil {
 		return err
 	}
@@ -300,11 +302,11 @@ func (c *ControlPlane) configureAPIServer() error {
 // and etcd data) and waits until /readyz passes and the default and kube-system
 // namespaces exist.
 func (c *ControlPlane) StartAPIServer(ctx context.Context) error {
-	if c.apiserver != nil && !c.apiserver.exited() {
+	if c.apiserver != nil && !c.apiserver.Exited() {
 		return errors.New("kube: kube-apiserver already runs")
 	}
 	var err error
-	c.apiserver, err = startProcess("kube-apiserver", c.opts.APIServerBinary, c.apiArgs, filepath.Join(c.Dir, "kube-apiserver.log"))
+	c.apiserver, err = sandbox.StartProcess("kube-apiserver", 0, c.opts.APIServerBinary, c.apiArgs, filepath.Join(c.Dir, "kube-apiserver.log"))
 	if err != nil {
 		return fmt.Errorf("kube: %w", err)
 	}
@@ -339,7 +341,7 @@ func (c *ControlPlane) StopAPIServer() error {
 	if c.apiserver == nil {
 		return nil
 	}
-	return c.apiserver.stop(10 * time.Second)
+	return c.apiserver.Stop(10 * time.Second)
 }
 
 // Stop ends kube-apiserver, then etcd, by their PIDs (SIGTERM, SIGKILL after a
@@ -349,7 +351,7 @@ func (c *ControlPlane) Stop() error {
 	errAPI := c.StopAPIServer()
 	var errEtcd error
 	if c.etcd != nil {
-		errEtcd = c.etcd.stop(5 * time.Second)
+		errEtcd = c.etcd.Stop(5 * time.Second)
 	}
 	return errors.Join(errAPI, errEtcd)
 }
@@ -358,6 +360,6 @@ func (c *ControlPlane) Stop() error {
 // failure message.
 func (c *ControlPlane) Logs(n int) string {
 	return fmt.Sprintf("--- %s\n%s\n--- %s\n%s\n",
-		"kube-apiserver.log", tail(filepath.Join(c.Dir, "kube-apiserver.log"), n),
-		"etcd.log", tail(filepath.Join(c.Dir, "etcd.log"), n))
+		"kube-apiserver.log", sandbox.Tail(filepath.Join(c.Dir, "kube-apiserver.log"), n),
+		"etcd.log", sandbox.Tail(filepath.Join(c.Dir, "etcd.log"), n))
 }

@@ -3,97 +3,17 @@ package kube
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
-	"syscall"
 	"time"
+
+	"github.com/podnet/podnet/integration/sandbox"
 )
 
-// process is one child (etcd or kube-apiserver) with its output in a log file.
-type process struct {
-	name string
-	log  string
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the process has exited and been reaped
-	err  error         // Wait's result, set before done is closed
-}
-
-// startProcess starts bin with args, stdout and stderr appended to logPath. The
-// child gets SIGKILL if the thread that started it dies, so a crashed test leaves
-// nothing running.
-func startProcess(name, bin string, args []string, logPath string) (*process, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
-	defer f.Close() // the child holds its own copy
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, log: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// exited reports whether the process has exited.
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM to the process by its PID, gives it grace to exit, then
-// SIGKILL, and waits until it is reaped. Stopping an exited process is a no-op.
-func (p *process) stop(grace time.Duration) error {
-	if p.exited() {
-		return nil
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("stop %s (pid %d): %w", p.name, p.cmd.Process.Pid, err)
-	}
-	select {
-	case <-p.done:
-		return nil
-	case <-time.After(grace):
-	}
-	if err := p.cmd.Process.Kill(); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("kill %s (pid %d): %w", p.name, p.cmd.Process.Pid, err)
-	}
-	<-p.done
-	return nil
-}
-
-// exitError describes an early exit with the end of the process's log.
-func (p *process) exitError() error {
-	return fmt.Errorf("%s exited: %v; last lines of %s:\n%s", p.name, p.err, p.log, tail(p.log, 30))
-}
-
-// tail returns the last n lines of the file at path.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
+// The control plane's processes are sandbox.Process values (started with
+// sandbox.StartProcess, as integration/cluster's are).
 
 // freePort returns a TCP port that nothing listens on at host right now. Another
 // process may take it before the caller binds it; inside a test sandbox only the
@@ -109,7 +29,7 @@ func freePort(host string) (int, error) {
 
 // poll calls check every interval until it returns true, the process exits, or ctx
 // ends; it returns check's last error on timeout.
-func poll(ctx context.Context, p *process, interval time.Duration, check func(context.Context) (bool, error)) error {
+func poll(ctx context.Context, p *sandbox.Process, interval time.Duration, check func(context.Context) (bool, error)) error {
 	var last error
 	for {
 		ok, err := check(ctx)
@@ -118,13 +38,13 @@ func poll(ctx context.Context, p *process, interval time.Duration, check func(co
 		}
 		last = err
 		select {
-		case <-p.done:
-			return p.exitError()
+		case <-p.Done():
+			return p.ExitError()
 		case <-ctx.Done():
 			if last == nil {
 				last = ctx.Err()
 			}
-			return fmt.Errorf("%s not ready: %w; last lines of %s:\n%s", p.name, last, p.log, tail(p.log, 30))
+			return fmt.Errorf("%s not ready: %w; last lines of %s:\n%s", p.Name, last, p.Log, sandbox.Tail(p.Log, 30))
 		case <-time.After(interval):
 		}
 	}
