@@ -6,12 +6,12 @@ import (
 )
 
 // Fake is an in-memory Interface for tests of code that deletes entries. It
-// holds a table of entries, empty in the zero value, that Delete removes from
-// as Table.Delete would, and it records every call. Methods are safe for
-// concurrent use.
+// holds a table of entries, empty in the zero value, that Delete and
+// DeleteFunc remove from as Table's would, and it records every call. Methods
+// are safe for concurrent use.
 type Fake struct {
-	// DeleteErr, when set, is returned by Delete, which then records the call
-	// but deletes nothing.
+	// DeleteErr, when set, is returned by Delete and DeleteFunc, which then
+	// record the call but delete nothing.
 	DeleteErr error
 
 	mu        sync.Mutex

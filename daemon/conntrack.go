@@ -175,27 +175,39 @@ type conntrackCleaner struct {
 	hpGen   uint64    // the generation of the pod records' hostPorts last seen
 	last    frontends // nil before the first sync that programmed the table
 	pending []conntrack.Filter
+	// reconcilePending: the last reconciliation of the whole table failed.
+	reconcilePending bool
 }
 
 // next records the services and hostPorts the table now holds, the services
 // programmed from c and the hostPorts of generation hpGen of the pod records,
 // and returns the filters to delete with: those of the change since the last
 // call, and those of a failed delete that still select stale entries. The
-// first call (and the one after a failed reconciliation) returns no filters
-// but reconcile, which selects the stale entries of the whole table (see
-// staleAtStart; local are the node's own addresses, where NodePorts are). A
-// Cluster is never changed once stored, and the table programs the same
-// services from the same cluster, so a resync of the same cluster and
-// hostPorts only retries.
+// first call, and every call while a reconciliation failed, returns no
+// filters but reconcile, which selects the stale entries of the whole table
+// (see staleAtStart; local are the node's own addresses, where NodePorts
+// are) and, after a failed one, also those of the change since. A Cluster is
+// never changed once stored, and the table programs the same services from
+// the same cluster, so a resync of the same cluster and hostPorts only
+// retries.
 func (cl *conntrackCleaner) next(c *Cluster, programmed []*nft.Service, hostPorts []nft.HostPort, hpGen uint64, local []netip.Addr) (filters []conntrack.Filter, reconcile func(conntrack.Entry) bool) {
 	if cl.last != nil && c == cl.source && hpGen == cl.hpGen {
+		if cl.reconcilePending {
+			return nil, cl.last.staleAtStart(local)
+		}
 		return cl.retries(cl.last), nil
 	}
 	prev, cur := cl.last, frontendsOf(programmed)
 	cur.addHostPorts(hostPorts)
 	cl.source, cl.hpGen, cl.last = c, hpGen, cur
-	if prev == nil {
+	switch {
+	case prev == nil:
 		return nil, cur.staleAtStart(local)
+	case cl.reconcilePending:
+		stale, changed := cur.staleAtStart(local), staleFilters(prev, cur)
+		return nil, func(e conntrack.Entry) bool {
+			return stale(e) || slices.ContainsFunc(changed, func(f conntrack.Filter) bool { return f.Matches(e) })
+		}
 	}
 	return sortFilters(append(cl.retries(cur), staleFilters(prev, cur)...)), nil
 }
@@ -204,8 +216,10 @@ func (cl *conntrackCleaner) next(c *Cluster, programmed []*nft.Service, hostPort
 // in the table, whatever made it, can only be stale now that fs are the
 // frontends: one to a frontend (a VIP and port exactly, or a NodePort or
 // any-address hostPort on one of the local addresses) that is DNATed to an
-// address not serving it, or not DNATed although the frontend has serving
-// endpoints. Entries of other protocols or destinations are never selected.
+// endpoint address and port not serving it, or not DNATed although the
+// frontend has serving endpoints. Entries of other protocols or destinations
+// are never selected: entries of a frontend gone while podnetd was down are
+// not found (they live until their clients pause for the UDP timeout).
 func (fs frontends) staleAtStart(local []netip.Addr) func(conntrack.Entry) bool {
 	return func(e conntrack.Entry) bool {
 		dst, port := e.OrigDst.Addr(), e.OrigDst.Port()
@@ -216,16 +230,12 @@ func (fs frontends) staleAtStart(local []netip.Addr) func(conntrack.Entry) bool 
 		if !ok {
 			return false
 		}
-		reply := e.ReplySrc.Addr()
-		if reply == dst { // never DNATed
+		if e.ReplySrc == e.OrigDst { // never DNATed
 			return len(serving) > 0
 		}
-		for ep := range serving {
-			if ep.addr == reply {
-				return false
-			}
-		}
-		return true
+		// DNATed: to the node itself too (a host-network endpoint), so the
+		// port tells, and a changed targetPort leaves the entry stale.
+		return !serving[endpointPort{e.ReplySrc.Addr(), e.ReplySrc.Port()}]
 	}
 }
 
@@ -279,9 +289,7 @@ func (d *Daemon) cleanConntrack(c *Cluster, programmed []*nft.Service, hostPorts
 	var err error
 	if reconcile != nil {
 		n, err = cl.ct.DeleteFunc(reconcile)
-		if err != nil {
-			cl.last = nil // reconcile again at the next sync
-		}
+		cl.reconcilePending = err != nil // then reconcile again at the next sync
 	} else {
 		n, err = cl.ct.Delete(filters)
 	}

@@ -407,6 +407,7 @@ func TestConntrackReconcileAtStart(t *testing.T) {
 		entry(udp, "203.0.113.10:53", "203.0.113.10:53"),          // un-NATed, the external IP now has endpoints
 		entry(udp, "192.168.1.10:30053", "10.244.9.9:5353"),       // node-a's NodePort, endpoint gone
 		entry(udp, "192.168.1.10:30053", "192.168.1.10:30053"),    // node-a's NodePort, un-NATed
+		entry(udp, "10.96.0.10:53", "10.244.1.5:9999"),            // B's address, but its target port changed
 	}
 	kept := []conntrack.Entry{
 		entry(udp, "10.96.0.10:53", "10.244.1.5:5353"),         // a serving endpoint
@@ -415,11 +416,12 @@ func TestConntrackReconcileAtStart(t *testing.T) {
 		entry(udp, "192.168.1.11:30053", "192.168.1.11:30053"), // another node's address: not this node's NodePort
 		entry(udp, "10.96.0.99:53", "10.244.9.9:5353"),         // no such frontend
 		entry(udp, "10.0.0.53:53", "10.0.0.53:53"),             // a server outside the cluster
+		entry(udp, "192.168.1.10:30053", "192.168.1.10:5353"),  // a host-network endpoint: DNATed to the node itself
 	}
 	td := newCTTestDaemon(t)
 	td.ct.Add(slices.Concat(stale, kept)...)
 	td.ct.DeleteErr = errors.New("ctnetlink: boom")
-	c := ctCluster(t, dnsService("Cluster", epA, epB))
+	c := ctCluster(t, dnsService("Cluster", epA, epB, `{addresses: [192.168.1.10], node: node-a}`))
 	td.sync(t, c)
 	if got := td.ct.FuncCalls(); got != 1 || len(td.ct.Entries()) != len(stale)+len(kept) {
 		t.Fatalf("after a failed reconciliation: %d DeleteFunc calls, %d entries; want 1 and all %d", got, len(td.ct.Entries()), len(stale)+len(kept))
@@ -441,8 +443,31 @@ func TestConntrackReconcileAtStart(t *testing.T) {
 		t.Errorf("status: %d deleted, %d failures; want %d, 1", s.ConntrackDeleted, s.ConntrackFailures, len(stale))
 	}
 	td.sync(t, c)
-	td.sync(t, ctCluster(t, dnsService("Cluster", epB)))
+	td.sync(t, ctCluster(t, dnsService("Cluster", epB, `{addresses: [192.168.1.10], node: node-a}`)))
 	if got, calls := td.ct.FuncCalls(), len(td.calls()); got != 2 || calls != 1 {
 		t.Errorf("after the reconciliation: %d DeleteFunc and %d Delete calls, want 2 and 1 (filters for A's removal)", got, calls)
+	}
+}
+
+// A reconciliation that failed is retried at the next sync even when the
+// services changed in between, and then also deletes what that change left
+// stale: the entries of a service removed meanwhile, which the current
+// frontends alone would not name.
+func TestConntrackReconcileAfterChange(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	udp := uint8(unix.IPPROTO_UDP)
+	syslogA := conntrack.Entry{Proto: udp, OrigSrc: ap("10.244.0.9:40000"), OrigDst: ap("10.96.0.20:514"), ReplySrc: ap("10.244.0.5:514")}
+	dnsB := conntrack.Entry{Proto: udp, OrigSrc: ap("10.244.0.9:40001"), OrigDst: ap("10.96.0.10:53"), ReplySrc: ap("10.244.1.5:5353")}
+	td := newCTTestDaemon(t)
+	td.ct.Add(syslogA, dnsB)
+	td.ct.DeleteErr = errors.New("ctnetlink: boom")
+	td.sync(t, ctCluster(t, syslogService(514, epA), dnsService("Cluster", epB)))
+	td.ct.DeleteErr = nil
+	td.sync(t, ctCluster(t, dnsService("Cluster", epB))) // syslog removed
+	if got := td.ct.Entries(); len(got) != 1 || got[0] != dnsB {
+		t.Errorf("entries after the retried reconciliation: %v, want only %v", got, dnsB)
+	}
+	if got, calls := td.ct.FuncCalls(), len(td.calls()); got != 2 || calls != 0 {
+		t.Errorf("%d DeleteFunc and %d Delete calls, want 2 and 0", got, calls)
 	}
 }

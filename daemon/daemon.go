@@ -421,14 +421,12 @@ func (d *Daemon) syncNode() (err error) {
 	d.hostPorts.synced(hpGen, nftErr)
 	hpDone = true
 	steps.done(ctlServices, nftErr)
-	if nftErr == nil { // the table holds this state, less what it skipped
+	var programmed []*nft.Service // nil: the table was not programmed
+	if nftErr == nil {            // the table holds this state, less what it skipped
 		v := newServiceView(c, nftSkipped)
 		d.logRefused(d.services.Swap(v), v)
 		d.metrics.setServices(v)
-		ctErr := d.cleanConntrack(c, v.programmed, hostPorts, hpGen)
-		if d.ctClean != nil {
-			steps.done(ctlConntrack, ctErr)
-		}
+		programmed = v.programmed
 	}
 	if r, ok := d.kernel.(interface{ Reap() error }); ok {
 		err := r.Reap()
@@ -438,6 +436,14 @@ func (d *Daemon) syncNode() (err error) {
 		steps.done(ctlReap, err)
 	}
 	d.podNet.Store(&podNet{Ready: true, Bridge: d.cfg.Bridge, MTU: mtu})
+	// After the node is ready for pods: the first sync's reconciliation reads
+	// the whole conntrack table, which CNI calls need not wait for.
+	if nftErr == nil {
+		ctErr := d.cleanConntrack(c, programmed, hostPorts, hpGen)
+		if d.ctClean != nil {
+			steps.done(ctlConntrack, ctErr)
+		}
+	}
 	d.mu.Lock()
 	d.status.PodCIDRs = prefixStrings(node.PodCIDRs)
 	d.status.MTU, d.status.Peers, d.status.Routes = mtu, len(c.Nodes)-1, len(routes)

@@ -170,6 +170,10 @@ func Start(ctx context.Context, dir string, opts Options) (_ *ControlPlane, err 
 	if err := ensureAddress(opts.AdvertiseAddress); err != nil {
 		return nil, fmt.Errorf("kube: %w", err)
 	}
+	// The processes run in / (sandbox.StartProcess): their paths must be absolute.
+	if dir, err = filepath.Abs(dir); err != nil {
+		return nil, fmt.Errorf("kube: %w", err)
+	}
 	c := &ControlPlane{Dir: dir, opts: opts}
 	defer func() {
 		if err != nil {

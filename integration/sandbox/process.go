@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -22,7 +24,8 @@ type Process struct {
 	err  error         // Wait's result, set before done is closed
 }
 
-// StartProcess starts bin with args in directory /, stdout and stderr
+// StartProcess starts bin with args in directory / (a relative bin is made
+// absolute first; args must not hold relative paths), stdout and stderr
 // appended to logPath. With nsPID > 0 it runs inside that process's network
 // and mount namespaces (through nsenter, which execs bin in place: the PID is
 // the daemon's). The child gets SIGKILL if the thread that started it dies,
@@ -33,6 +36,12 @@ func StartProcess(name string, nsPID int, bin string, args []string, logPath str
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	defer f.Close() // the child holds its own copy
+	// The child runs in /, where a relative path would lead elsewhere.
+	if strings.Contains(bin, "/") {
+		if bin, err = filepath.Abs(bin); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
 	if nsPID > 0 {
 		args = append([]string{"--target", strconv.Itoa(nsPID), "--net", "--mount", "--", bin}, args...)
 		bin = "nsenter"
