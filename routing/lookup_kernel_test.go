@@ -108,8 +108,11 @@ func TestProbe(t *testing.T) {
 	a := netip.MustParseAddrPort
 	ctx := context.Background()
 	// From the pod: the node's listener sees the probe come from the pod,
-	// from the port Probe reports.
-	out, err := m.Probe(ctx, ProbeSpec{NetNS: pod.Path, Dst: a("10.244.1.1:7100"), Proto: unix.IPPROTO_TCP, Timeout: time.Second})
+	// from the port Probe reports. The timeout outlasts a SYN retransmit (1 s):
+	// right after the veth and the bridge come up, the kernel may drop the
+	// first SYN until its link watcher has activated their queues (seen once
+	// in CI, with a 1 s timeout).
+	out, err := m.Probe(ctx, ProbeSpec{NetNS: pod.Path, Dst: a("10.244.1.1:7100"), Proto: unix.IPPROTO_TCP, Timeout: 5 * time.Second})
 	if err != nil || out.Result != ProbeConnected {
 		t.Fatalf("probe to a listener = %+v, %v", out, err)
 	}
