@@ -27,11 +27,13 @@ lab: deps build
 
 # Every test: unit tests, kernel tests (root, each package in its own sandbox), the lab
 # as a test, then the e2e cluster (`make e2e`: it builds the kubelet nodes' binaries and
-# images first, once per machine).
+# images first, once per machine), with podnet and with the reference stack it is
+# measured against (docs/conformance-reference.md), so that the comparison keeps working.
 test: deps build
 	$(GO) vet ./...
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v '/integration/cluster$$')
 	$(MAKE) e2e
+	$(MAKE) e2e E2E_NETWORK=reference
 
 test-unit:
 	$(GO) test -race -count=1 ./ipam/ ./daemon/... ./nft/ ./routing/
@@ -72,7 +74,7 @@ kube-node-tools: deps
 # podnet as their only network component (its DaemonSet from deploy/kubernetes/), CoreDNS,
 # and the smoke test (pods across nodes, a Service by DNS name, exec); teardown, the
 # machine checked unchanged. As root (else it skips). ~30 s with everything built; `make
-# test` runs it last.
+# test` runs it last, and again with E2E_NETWORK=reference.
 e2e: kube-node-tools images
 	@if [ "$(E2E_NETWORK)" = reference ]; then ./hack/build-kube.sh kube-proxy >/dev/null; fi
 	PODNET_E2E_NETWORK="$(E2E_NETWORK)" $(GO) test -race -count=1 -v -timeout 10m ./integration/cluster/
