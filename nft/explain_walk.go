@@ -23,10 +23,7 @@ type walker struct {
 	marked bool // meta mark has masqMark
 
 	// Memoised answers about the packet's addresses.
-	srcCIDR           *element // the cluster-cidrs element holding Src; nil: none
-	srcCIDRDone       bool
-	srcLocalPod       *element // the local-pod-cidrs element holding Src; nil: none
-	srcLocalPodDone   bool
+	srcSets           map[string]*element // by interval set: the element holding Src; nil: none
 	srcLocal, dstNode *bool
 }
 
@@ -97,33 +94,30 @@ func (w *walker) vipKey() *keyBuilder {
 func (w *walker) nodePortKey() *keyBuilder { return newKey().proto(w.p.Proto).port(w.p.DstPort) }
 
 // inCIDRs returns the cluster-cidrs element holding Src, or nil.
-func (w *walker) inCIDRs() (*element, error) {
-	if !w.srcCIDRDone {
-		e, ok, err := w.get(setClusterCIDRs, newKey().addr(w.p.Src))
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			w.srcCIDR = &e
-		}
-		w.srcCIDRDone = true
-	}
-	return w.srcCIDR, nil
-}
+func (w *walker) inCIDRs() (*element, error) { return w.srcIn(setClusterCIDRs) }
 
 // inLocalPodCIDRs returns the local-pod-cidrs element holding Src, or nil.
-func (w *walker) inLocalPodCIDRs() (*element, error) {
-	if !w.srcLocalPodDone {
-		e, ok, err := w.get(setLocalPodCIDRs, newKey().addr(w.p.Src))
-		if err != nil {
-			return nil, err
-		}
-		if ok {
-			w.srcLocalPod = &e
-		}
-		w.srcLocalPodDone = true
+func (w *walker) inLocalPodCIDRs() (*element, error) { return w.srcIn(setLocalPodCIDRs) }
+
+// srcIn returns the element of the interval set set holding Src, or nil,
+// asking src once per set.
+func (w *walker) srcIn(set string) (*element, error) {
+	if e, ok := w.srcSets[set]; ok {
+		return e, nil
 	}
-	return w.srcLocalPod, nil
+	e, ok, err := w.get(set, newKey().addr(w.p.Src))
+	if err != nil {
+		return nil, err
+	}
+	var found *element
+	if ok {
+		found = &e
+	}
+	if w.srcSets == nil {
+		w.srcSets = map[string]*element{}
+	}
+	w.srcSets[set] = found
+	return found, nil
 }
 
 // fromNode is `fib saddr type local`.
