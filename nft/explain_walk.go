@@ -181,8 +181,15 @@ func (w *walker) serviceRule(r ruleSpec) (done bool, err error) {
 		}
 		return w.vmap(r.text, e, fmt.Sprintf("the client %s is a pod (cluster CIDR %s), which externalTrafficPolicy Local does not apply to", p.Src, cidr.text()))
 
-	case "cluster-nodeports-pods":
-		cidr, err := w.inLocalPodCIDRs()
+	case "cluster-nodeports-pods", "cluster-nodeports-remote-pods-mark", "cluster-nodeports-remote-pods":
+		// This node's pods (local-pod-cidrs), then those of other nodes
+		// (cluster-cidrs), marked for masquerade first.
+		local := role == "cluster-nodeports-pods"
+		set := setClusterCIDRs
+		if local {
+			set = setLocalPodCIDRs
+		}
+		cidr, err := w.srcIn(set)
 		if err != nil || cidr == nil {
 			return false, err
 		}
@@ -193,21 +200,10 @@ func (w *walker) serviceRule(r ruleSpec) (done bool, err error) {
 		if err != nil || !ok {
 			return false, err
 		}
-		return w.vmap(r.text, e, fmt.Sprintf("the client %s is a pod of this node (podCIDR %s), which externalTrafficPolicy Local does not apply to", p.Src, cidr.text()))
-
-	case "cluster-nodeports-remote-pods-mark", "cluster-nodeports-remote-pods":
-		cidr, err := w.inCIDRs()
-		if err != nil || cidr == nil {
-			return false, err
-		}
-		if ok, err := w.toNodePort(); err != nil || !ok {
-			return false, err
-		}
-		e, ok, err := w.get(setNodePortsCluster, w.nodePortKey())
-		if err != nil || !ok {
-			return false, err
-		}
-		if strings.HasSuffix(role, "-mark") {
+		switch {
+		case local:
+			return w.vmap(r.text, e, fmt.Sprintf("the client %s is a pod of this node (podCIDR %s), which externalTrafficPolicy Local does not apply to", p.Src, cidr.text()))
+		case strings.HasSuffix(role, "-mark"):
 			w.marked = true
 			w.step(chainServices, r.text, e.text(), fmt.Sprintf("the client %s is a pod of another node (cluster CIDR %s): marked 0x%08x for masquerade, so that the endpoint's reply comes back through this node", p.Src, cidr.text(), masqMark))
 			return false, nil
